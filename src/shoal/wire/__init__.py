@@ -1,0 +1,1 @@
+"""Wire format: limits, length-prefixed frames, and versioned msgpack messages."""
