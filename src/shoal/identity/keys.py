@@ -35,6 +35,7 @@ class KeyFileError(Exception):
 class PeerId:
     raw: bytes
     _dht_key: int = field(default=0, compare=False, repr=False)
+    _hash: int = field(default=0, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.raw, bytes) or len(self.raw) != PEER_ID_BYTES:
@@ -44,6 +45,11 @@ class PeerId:
         object.__setattr__(
             self, "_dht_key", int.from_bytes(hashlib.sha256(self.raw).digest(), "big")
         )
+        # Peer ids key every table in the cores; hashing them is the simulator's hottest path.
+        object.__setattr__(self, "_hash", hash(self.raw))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def dht_key(self) -> int:

@@ -54,6 +54,7 @@ class FrameDecoder:
                     break
                 (n,) = HEADER.unpack_from(self._buf, 0)
                 if n > self._max:
+                    self._buf.clear()  # the stream is dead; hold nothing for it
                     raise FrameTooLarge(
                         f"peer announced a frame of {n} bytes; the limit is {self._max}"
                     )

@@ -1,0 +1,162 @@
+"""``shoal``: run a node, inspect it, and run the simulator.
+
+The CLI is the only place that prints; the library logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.table import Table
+
+from shoal.cli.sim_cmd import sim_app
+from shoal.identity import KeyFileError
+from shoal.runtime import control
+from shoal.wire.contact import Contact, split_addr
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+node_app = typer.Typer(no_args_is_help=True, help="Run a node.")
+dht_app = typer.Typer(no_args_is_help=True, help="Store and fetch DHT records via a running node.")
+app.add_typer(node_app, name="node")
+app.add_typer(dht_app, name="dht")
+app.add_typer(sim_app, name="sim")
+
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path, typer.Option("--data-dir", help="The node's data directory.")]
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(message)s",
+        datefmt="%H:%M:%S",
+        handlers=[RichHandler(console=err, show_path=False, rich_tracebacks=True)],
+    )
+
+
+@node_app.command("start")
+def node_start(
+    data_dir: DataDir,
+    listen: Annotated[str, typer.Option(help="HOST:PORT to listen on (port 0 picks one).")] = (
+        "127.0.0.1:0"
+    ),
+    bootstrap: Annotated[
+        list[str] | None, typer.Option(help="PEERID@HOST:PORT of a known peer; repeatable.")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+) -> None:
+    """Join the swarm and log membership changes until stopped (SIGINT/SIGTERM)."""
+    from shoal.runtime.node import Node, NodeConfig
+
+    _setup_logging(log_level)
+    try:
+        host, port = split_addr(listen)
+        boots = [Contact.parse(b) for b in bootstrap or []]
+    except ValueError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    try:
+        node = Node(NodeConfig(data_dir=data_dir, listen_host=host, listen_port=port, bootstrap=boots))
+    except KeyFileError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, node.stop)
+        await node.run()
+
+    try:
+        asyncio.run(main())
+    except OSError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _request(data_dir: Path, req: dict[str, object]) -> dict[str, object]:
+    try:
+        reply = control.request(data_dir, req)
+    except (ConnectionError, OSError) as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    if not reply.get("ok"):
+        err.print(f"[red]error:[/] {reply.get('error')}")
+        raise typer.Exit(1)
+    return reply
+
+
+@app.command("peers")
+def peers(
+    data_dir: DataDir,
+    as_json: Annotated[bool, typer.Option("--json", help="Machine-readable output.")] = False,
+) -> None:
+    """List the peers the node running on DATA_DIR knows, with their SWIM state."""
+    reply = _request(data_dir, {"cmd": "peers"})
+    rows = reply["peers"]
+    assert isinstance(rows, list)
+    if as_json:
+        sys.stdout.write(json.dumps(rows) + "\n")
+        return
+    table = Table(title=f"{len(rows)} peers")
+    for col in ("peer id", "address", "state", "incarnation"):
+        table.add_column(col)
+    colors = {"alive": "green", "suspect": "yellow", "dead": "red"}
+    for p in sorted(rows, key=lambda r: (r["state"], r["peer_id"])):
+        c = colors.get(p["state"], "white")
+        table.add_row(p["peer_id"], p["addr"], f"[{c}]{p['state']}[/]", str(p["incarnation"]))
+    out.print(table)
+
+
+@dht_app.command("put")
+def dht_put(data_dir: DataDir, key: str, value: str) -> None:
+    """Publish a signed record under KEY through the running node."""
+    reply = _request(data_dir, {"cmd": "put", "key": key, "value": value})
+    out.print(f"stored on {reply['stored']} peers")
+
+
+@dht_app.command("get")
+def dht_get(
+    data_dir: DataDir,
+    key: str,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Fetch the records stored under KEY."""
+    reply = _request(data_dir, {"cmd": "get", "key": key})
+    values = reply["values"]
+    assert isinstance(values, list)
+    if as_json:
+        sys.stdout.write(json.dumps(values) + "\n")
+        return
+    if not values:
+        err.print("no records")
+        raise typer.Exit(1)
+    for v in values:
+        out.print(f"{v['publisher']}: {v['value']}")
+
+
+@app.command("demo")
+def demo(
+    nodes: Annotated[int, typer.Option(help="Node processes to start.")] = 4,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Where node data goes.")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Start a local swarm on loopback and show that its peers find each other."""
+    from shoal.cli.demo_cmd import run_membership_demo
+
+    run_membership_demo(nodes, out_dir, as_json, out, err)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,1 @@
+"""A peer's protocol cores composed into one sans-IO state machine."""

@@ -1,0 +1,1 @@
+"""The asyncio runtime: real sockets and real time driving the sans-IO cores."""
