@@ -45,7 +45,9 @@ def test_bound_is_tight_but_not_loose() -> None:
     # generous would pass the test above without meaning anything.
     x = torch.randn(1 << 16, generator=torch.Generator().manual_seed(0))
     decoded = get_codec("int8").decode(get_codec("int8").encode(x))
-    ratio = ((x - decoded).abs().reshape(-1, 4096).amax(1) / (x.abs().reshape(-1, 4096).amax(1) / 127))
+    ratio = (x - decoded).abs().reshape(-1, 4096).amax(1) / (
+        x.abs().reshape(-1, 4096).amax(1) / 127
+    )
     assert 0.45 < float(ratio.max()) <= 0.5 + 2**-14
 
 

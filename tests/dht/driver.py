@@ -30,7 +30,10 @@ class Network:
         self.config = config or DhtConfig()
         self.now = 0.0
         self.ids = [identity(i, seed) for i in range(n)]
-        self.contacts = [Contact(ident.peer_id, f"10.0.{i // 250}.{i % 250}:7000") for i, ident in enumerate(self.ids)]
+        self.contacts = [
+            Contact(ident.peer_id, f"10.0.{i // 250}.{i % 250}:7000")
+            for i, ident in enumerate(self.ids)
+        ]
         self.cores: dict[PeerId, DhtCore] = {}
         for i, c in enumerate(self.contacts):
             self.cores[c.peer_id] = DhtCore(c, self.config, random.Random(seed * 100_003 + i))
@@ -110,5 +113,7 @@ class Network:
         raise AssertionError(f"no {kind.__name__} event for node {i} op {op_id}")
 
     def true_closest(self, target: int, k: int, exclude: PeerId | None = None) -> list[PeerId]:
-        live = [c.peer_id for c in self.contacts if c.peer_id not in self.dead and c.peer_id != exclude]
+        live = [
+            c.peer_id for c in self.contacts if c.peer_id not in self.dead and c.peer_id != exclude
+        ]
         return sorted(live, key=lambda p: p.dht_key ^ target)[:k]

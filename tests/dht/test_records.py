@@ -28,8 +28,9 @@ KEY = key_for("group/round-1")
 NOW = 1000.0
 
 
-def rec(ident: Identity = ALICE, value: bytes = b"v", seq: int = 1, ttl: float = 60.0,
-        key: bytes = KEY) -> SignedRecord:
+def rec(
+    ident: Identity = ALICE, value: bytes = b"v", seq: int = 1, ttl: float = 60.0, key: bytes = KEY
+) -> SignedRecord:
     return SignedRecord.create(ident, key, value, seq, NOW + ttl)
 
 
@@ -62,9 +63,7 @@ def test_any_tampering_breaks_the_signature(field: str, data: st.DataObject) -> 
     elif field == "seq":
         f[3] = data.draw(st.integers(0, 2**64 - 1).filter(lambda s: s != 1))
     elif field == "expires_at":
-        f[4] = data.draw(
-            st.floats(NOW + 1, NOW + 3600).filter(lambda x: x != r.expires_at)
-        )
+        f[4] = data.draw(st.floats(NOW + 1, NOW + 3600).filter(lambda x: x != r.expires_at))
     else:
         sig = bytearray(r.signature)
         i = data.draw(st.integers(0, 63))
@@ -93,8 +92,9 @@ def test_oversize_value_rejected() -> None:
     with pytest.raises(RecordTooLarge):
         rec(value=b"x" * (MAX_RECORD_VALUE_BYTES + 1))
     r = rec()
-    big = SignedRecord(r.key, b"x" * (MAX_RECORD_VALUE_BYTES + 1), r.publisher, r.seq,
-                       r.expires_at, r.signature)
+    big = SignedRecord(
+        r.key, b"x" * (MAX_RECORD_VALUE_BYTES + 1), r.publisher, r.seq, r.expires_at, r.signature
+    )
     with pytest.raises(RecordTooLarge):
         big.validate(NOW)
 
@@ -173,9 +173,9 @@ def test_store_never_exceeds_limits(ops: list[tuple[int, int, int, int, int, int
             pass
         assert s.key_count <= 3
         assert s.total_bytes <= 6000
-        assert all(len(s.get(k, 0.0)) <= 3 for k in s.keys())
-        assert len(s) == sum(len(s.get(k, 0.0)) for k in s.keys())
-        assert s.total_bytes == sum(r.size for k in s.keys() for r in s.get(k, 0.0))
+        assert all(len(s.get(k, 0.0)) <= 3 for k in s.held_keys())
+        assert len(s) == sum(len(s.get(k, 0.0)) for k in s.held_keys())
+        assert s.total_bytes == sum(r.size for k in s.held_keys() for r in s.get(k, 0.0))
 
 
 def test_full_store_refuses_record_that_expires_first() -> None:
@@ -186,4 +186,4 @@ def test_full_store_refuses_record_that_expires_first() -> None:
         s.put(rec(key=key_for("c"), ttl=50), NOW)
     assert s.key_count == 2
     s.put(rec(key=key_for("c"), ttl=150), NOW)
-    assert sorted(s.keys()) == sorted([key_for("b"), key_for("c")])
+    assert sorted(s.held_keys()) == sorted([key_for("b"), key_for("c")])

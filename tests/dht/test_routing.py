@@ -98,9 +98,10 @@ def test_closest_matches_brute_force(
     assert len(got) == min(n, len(t))
     if got:
         ex = got[0].peer_id
-        assert t.closest(target, n, exclude=ex) == [
-            c for c in t.closest_brute(target, n + 1) if c.peer_id != ex
-        ][:n]
+        assert (
+            t.closest(target, n, exclude=ex)
+            == [c for c in t.closest_brute(target, n + 1) if c.peer_id != ex][:n]
+        )
 
 
 @given(st.lists(st.tuples(st.sampled_from(["add", "fail", "remove"]), st.integers(0, 300))))

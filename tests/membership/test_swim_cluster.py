@@ -91,7 +91,8 @@ def test_crash_detected_with_unreachable_reports() -> None:
     crash_at = d.now
     d.crash(victim)
     d.run_until(crash_at + detection_bound(d.config, 29))
-    assert all(d.state_of(p, victim) is D for p in d.live())
+    buried_by = {e[1] for e in d.events_of(MemberDead, victim)}
+    assert buried_by == set(d.live())
     assert all(e[2].contact.peer_id == victim for e in d.events_of(MemberDead))
 
 

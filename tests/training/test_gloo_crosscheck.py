@@ -1,5 +1,6 @@
 """weighted_average against a real collective engine: torch.distributed with gloo."""
 
+import multiprocessing
 import os
 import socket
 from datetime import timedelta
@@ -8,7 +9,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from shoal.training.diloco_math import weighted_average
 
@@ -53,7 +53,20 @@ def _worker(rank: int, port: int, out_dir: str) -> None:
 def test_weighted_average_matches_gloo_all_reduce(tmp_path: Path) -> None:
     if not dist.is_available() or not dist.is_gloo_available():
         pytest.skip("torch built without gloo")
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
+    port = _free_port()
+    procs = [ctx.Process(target=_worker, args=(r, port, str(tmp_path))) for r in range(WORLD)]
+    for p in procs:
+        p.start()
+    try:
+        for p in procs:
+            p.join(timeout=120)
+    finally:
+        for p in procs:  # only our own children, and only if still running
+            if p.is_alive():
+                p.kill()
+                p.join()
+    assert [p.exitcode for p in procs] == [0] * WORLD
     results = [torch.load(tmp_path / f"{r}.pt") for r in range(WORLD)]
     xs = [_tensor(r) for r in range(WORLD)]
 

@@ -1,3 +1,4 @@
+import contextlib
 from dataclasses import dataclass
 from typing import Any, Self
 
@@ -68,7 +69,7 @@ def test_bad_fields_named() -> None:
     with pytest.raises(MalformedMessage, match="n:"):
         CODEC.decode(data)
     data = msgpack.packb([PROTOCOL_VERSION, "test.hello", [1, [b"short", "x:1"]]])
-    with pytest.raises(MalformedMessage, match="who.peer_id"):
+    with pytest.raises(MalformedMessage, match=r"who\.peer_id"):
         CODEC.decode(data)
 
 
@@ -83,14 +84,16 @@ def test_contact_parse() -> None:
 
 @given(st.binary(max_size=512))
 def test_random_bytes_only_decode_errors(data: bytes) -> None:
-    try:
+    with contextlib.suppress(DecodeError):
         CODEC.decode(data)
-    except DecodeError:
-        pass
 
 
 json_like = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats() | st.text(max_size=20)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=20)
     | st.binary(max_size=40),
     lambda children: st.lists(children, max_size=5),
     max_leaves=20,
@@ -100,7 +103,5 @@ json_like = st.recursive(
 @given(json_like)
 def test_random_fields_only_malformed(fields: Any) -> None:
     data = msgpack.packb([PROTOCOL_VERSION, "test.hello", fields], use_bin_type=True)
-    try:
+    with contextlib.suppress(DecodeError):
         CODEC.decode(data)
-    except DecodeError:
-        pass

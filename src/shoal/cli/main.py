@@ -67,7 +67,9 @@ def node_start(
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     try:
-        node = Node(NodeConfig(data_dir=data_dir, listen_host=host, listen_port=port, bootstrap=boots))
+        node = Node(
+            NodeConfig(data_dir=data_dir, listen_host=host, listen_port=port, bootstrap=boots)
+        )
     except KeyFileError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None

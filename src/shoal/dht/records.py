@@ -222,7 +222,7 @@ class RecordStore:
     def key_count(self) -> int:
         return len(self._by_key)
 
-    def keys(self) -> list[bytes]:
+    def held_keys(self) -> list[bytes]:
         return list(self._by_key)
 
     def get(self, key: bytes, now: float) -> list[SignedRecord]:
@@ -247,7 +247,7 @@ class RecordStore:
                 raise StaleRecord(
                     f"holding seq {old.seq} from {record.publisher.short()}; got seq {record.seq}"
                 )
-        self._make_room(record, old, held, now)
+        self._make_room(record, old, held)
         if old is not None:
             self._discard(record.key, pub)
         bucket = self._by_key.setdefault(record.key, {})
@@ -299,7 +299,6 @@ class RecordStore:
         record: SignedRecord,
         old: SignedRecord | None,
         held: dict[bytes, SignedRecord] | None,
-        now: float,
     ) -> None:
         """Evict soonest-expiring records until ``record`` fits, or raise StoreFull.
 

@@ -58,6 +58,10 @@ class SwimConfig:
     tombstone_ttl_s: float = 60.0
     # Bound on remembered dead members; the oldest tombstone is forgotten first.
     max_tombstones: int = 512
+    # Bury and relay deaths of peers outside our view. Beyond max_members the peers
+    # that hold a crashed peer are mostly not in each other's views, so without relays
+    # each finds the crash only by probing it itself (up to a full pass of its view).
+    relay_unknown_deaths: bool = True
 
     def __post_init__(self) -> None:
         if not self.protocol_period_s > 0:

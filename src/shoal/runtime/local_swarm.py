@@ -45,7 +45,9 @@ class LocalSwarm:
             args += ["--bootstrap", self.bootstrap]
         args += extra_args or []
         logf = open(d / "node.log", "ab")  # noqa: SIM115 - handed to the child
-        proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         logf.close()
         self.procs[i] = proc
         return proc
@@ -56,7 +58,9 @@ class LocalSwarm:
         while time.monotonic() < deadline:
             proc = self.procs.get(i)
             if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"node {i} exited with {proc.returncode}; see {path.parent}/node.log")
+                raise RuntimeError(
+                    f"node {i} exited with {proc.returncode}; see {path.parent}/node.log"
+                )
             if path.exists():
                 try:
                     info: dict[str, Any] = json.loads(path.read_text())

@@ -88,7 +88,9 @@ class DhtScenario:
         for i in range(n):
             ident = Identity.from_seed(self.rng.randbytes(32))
             contact = Contact(ident.peer_id, sim_addr(i))
-            core = PeerCore(contact, random.Random(self.rng.getrandbits(64)), self.dht_cfg, self.swim_cfg)
+            core = PeerCore(
+                contact, random.Random(self.rng.getrandbits(64)), self.dht_cfg, self.swim_cfg
+            )
             self.cores.append(core)
             sim.add_host(contact, core)
 
@@ -122,9 +124,7 @@ class DhtScenario:
             rounds += 1
             sim.run_until(sim.now + period)
             # a peer can also forget a crashed member (evicted from a full view)
-            self.pending_dead = {
-                (i, c) for (i, c) in self.pending_dead if self._holds_alive(i, c)
-            }
+            self.pending_dead = {(i, c) for (i, c) in self.pending_dead if self._holds_alive(i, c)}
             self.progress("converging", pairs - len(self.pending_dead), pairs)
         converged = not self.pending_dead
 

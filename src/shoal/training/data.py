@@ -114,7 +114,8 @@ class Corpus:
             raise ValueError(f"held-out split of {tokens.numel()} bytes < block_size + 1")
         starts = torch.linspace(0, last, count).long() if count > 1 else torch.zeros(count).long()
         rows = tokens[starts[:, None] + torch.arange(block_size + 1)].long()
-        return [(b[:, :-1], b[:, 1:]) for b in rows.split(batch_size) if b.shape[0] == batch_size]
+        chunks = [rows[i : i + batch_size] for i in range(0, count, batch_size)]
+        return [(b[:, :-1], b[:, 1:]) for b in chunks]
 
 
 def corpus_from_files(root: Path, relpaths: Sequence[str], max_bytes: int) -> Corpus:

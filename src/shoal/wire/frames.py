@@ -28,7 +28,9 @@ class TruncatedStream(FrameError):
     pass
 
 
-def encode_frame(payload: bytes | bytearray | memoryview, max_frame: int = MAX_FRAME_BYTES) -> bytes:
+def encode_frame(
+    payload: bytes | bytearray | memoryview, max_frame: int = MAX_FRAME_BYTES
+) -> bytes:
     n = len(payload)
     if n > max_frame:
         raise FrameTooLarge(f"frame of {n} bytes exceeds the limit of {max_frame}")
