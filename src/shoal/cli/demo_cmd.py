@@ -1,65 +1,64 @@
-"""The local-swarm demo: N real node processes on loopback find each other."""
+"""``shoal demo``: rich progress per node, then the result table."""
 
 from __future__ import annotations
 
 import json
 import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
-from rich.progress import Progress
+from rich.progress import BarColumn, Progress, TextColumn
 from rich.table import Table
 
-from shoal.runtime.local_swarm import LocalSwarm
-
-CONVERGE_TIMEOUT_S = 60.0
+from shoal.training.demo import DemoConfig, run_demo
 
 
-def run_membership_demo(
-    nodes: int, out_dir: Path | None, as_json: bool, out: Console, err: Console
+def run_training_demo(
+    nodes: int, rounds: int, out_dir: Path | None, as_json: bool, out: Console, err: Console
 ) -> None:
     root = out_dir or Path(tempfile.mkdtemp(prefix="shoal-demo-"))
-    t0 = time.monotonic()
-    with LocalSwarm(root, log_level="WARNING") as swarm, Progress(console=err) as progress:
-        task = progress.add_task("starting nodes", total=nodes)
-        swarm.start_node(0)
-        swarm.bootstrap = swarm.wait_info(0)["contact"]
-        progress.advance(task)
-        for i in range(1, nodes):
-            swarm.start_node(i)
-        for i in range(1, nodes):
-            swarm.wait_info(i)
-            progress.advance(task)
-        ids = {i: swarm.wait_info(i)["peer_id"] for i in range(nodes)}
-        conv = progress.add_task("waiting for full membership", total=nodes)
-        deadline = time.monotonic() + CONVERGE_TIMEOUT_S
-        views: dict[int, set[str]] = {}
-        while time.monotonic() < deadline:
-            views = {i: swarm.alive_view(i) for i in range(nodes)}
-            done = sum(views[i] >= set(ids.values()) - {ids[i]} for i in range(nodes))
-            progress.update(conv, completed=done)
-            if done == nodes:
-                break
-            time.sleep(0.25)
-        converged_s = time.monotonic() - t0
-        summary = {
-            "nodes": nodes,
-            "converged": all(views[i] >= set(ids.values()) - {ids[i]} for i in range(nodes)),
-            "seconds": round(converged_s, 2),
-            "peers": {ids[i]: sorted(views.get(i, set())) for i in range(nodes)},
-            "data_dir": str(root),
-        }
+    cfg = DemoConfig(nodes=nodes, rounds=rounds, out=root)
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("round {task.fields[round]}/{task.total} loss {task.fields[loss]}"),
+        console=err,
+    ) as progress:
+        tasks = [
+            progress.add_task(f"node {i}", total=rounds, round=0, loss="-") for i in range(nodes)
+        ]
+
+        def update(i: int, p: dict[str, Any]) -> None:
+            if p:
+                progress.update(
+                    tasks[i], completed=p["round"], round=p["round"], loss=f"{p['loss']:.3f}"
+                )
+
+        err.print(f"starting {nodes} nodes on loopback; data in {root}")
+        result = run_demo(cfg, update)
     if as_json:
-        sys.stdout.write(json.dumps(summary) + "\n")
+        sys.stdout.write(json.dumps(result) + "\n")
         return
-    table = Table(title=f"shoal local swarm: {nodes} nodes on loopback")
-    table.add_column("node")
-    table.add_column("peer id")
-    table.add_column("alive peers it sees")
-    for i in range(nodes):
-        table.add_row(str(i), ids[i][:16] + "…", str(len(views.get(i, set()))))
+    table = Table(title=f"shoal DiLoCo demo: {result['peers']} peers, {result['rounds']} rounds")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    rows = [
+        ("held-out loss, swarm model", f"{result['swarm_loss']:.4f}"),
+        (
+            f"held-out loss, one node alone ({result['local_steps_per_peer']} steps)",
+            f"{result['single_node_loss']:.4f}",
+        ),
+        ("held-out loss at start", f"{result['initial_loss']:.4f}"),
+        ("bytes sent by the swarm", f"{result['bytes_sent']:,}"),
+        ("bytes per-step DDP would send", f"{result['ddp_equivalent_bytes']:,}"),
+        ("communication reduction", f"{result['communication_ratio']}x"),
+        ("identical model hash on every peer, every round", str(result["model_hashes_equal"])),
+        ("model parameters", f"{result['params']:,}"),
+        ("swarm wall time", f"{result['swarm_wall_s']} s"),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
     out.print(table)
-    state = "[green]converged[/]" if summary["converged"] else "[red]did NOT converge[/]"
-    out.print(f"membership {state} in {summary['seconds']} s; data in {root}")
+    out.print(f"final checkpoint: {result['checkpoint']}")

@@ -148,16 +148,47 @@ def dht_get(
         out.print(f"{v['publisher']}: {v['value']}")
 
 
+@app.command("train")
+def train(
+    config: Annotated[Path, typer.Option("--config", help="The run's TOML file.")],
+    log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Join a training run described by a TOML config and train with the swarm."""
+    from shoal.training.run_config import ConfigError, load_run_config
+    from shoal.training.runner import run_training
+
+    _setup_logging(log_level)
+    try:
+        cfg = load_run_config(config)
+        cfg.build_model()  # fail fast on a bad factory, before joining the swarm
+    except ConfigError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    result = run_training(cfg)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        out.print(
+            f"trained {result['rounds']} rounds; final model {result['final_model_hash'][:16]} "
+            f"in {result['checkpoint']}"
+        )
+
+
 @app.command("demo")
 def demo(
     nodes: Annotated[int, typer.Option(help="Node processes to start.")] = 4,
+    rounds: Annotated[int, typer.Option(help="Outer DiLoCo rounds.")] = 10,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Where node data goes.")] = None,
-    as_json: Annotated[bool, typer.Option("--json")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
-    """Start a local swarm on loopback and show that its peers find each other."""
-    from shoal.cli.demo_cmd import run_membership_demo
+    """Train a small character-level transformer with a local swarm on loopback."""
+    from shoal.cli.demo_cmd import run_training_demo
 
-    run_membership_demo(nodes, out_dir, as_json, out, err)
+    if nodes < 1 or rounds < 1:
+        raise typer.BadParameter("--nodes and --rounds must be >= 1")
+    logging.basicConfig(level="WARNING", handlers=[RichHandler(console=err, show_path=False)])
+    run_training_demo(nodes, rounds, out_dir, as_json, out, err)
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from shoal.rounds.events import (
     RoundClosed,
     RoundDone,
 )
-from shoal.rounds.messages import ROUND_MESSAGES, RoundGroup, RoundJoin
+from shoal.rounds.messages import ROUND_MESSAGES, RoundClose, RoundGroup, RoundJoin
 from shoal.rounds.moshpit import moshpit_groups, shard_of
 
 __all__ = [
@@ -29,6 +29,7 @@ __all__ = [
     "GroupFallback",
     "GroupFormed",
     "Phase",
+    "RoundClose",
     "RoundClosed",
     "RoundConfig",
     "RoundCore",

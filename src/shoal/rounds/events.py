@@ -50,12 +50,13 @@ class RoundClosed:
 
 @dataclass(frozen=True, slots=True)
 class GroupFormed:
-    """Average with exactly these peers (sorted by PeerId), weighting each by its
-    samples; ``total_samples`` is the group's sum. A later GroupFormed for the same
+    """Average with exactly these peers (sorted by PeerId), weighting ``members[i]``
+    by ``member_samples[i]``; ``total_samples`` is their sum. A later GroupFormed for the same
     round with a higher ``attempt`` replaces this one."""
 
     round_no: int
     members: tuple[Contact, ...]
+    member_samples: tuple[int, ...]
     total_samples: int
     attempt: int
     leader: PeerId

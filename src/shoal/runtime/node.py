@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,10 +26,14 @@ from shoal.effects import Action, Emit, Send, SetTimer
 from shoal.identity import Identity, PeerId
 from shoal.membership.config import SwimConfig
 from shoal.membership.events import MemberAlive, MemberDead, MemberJoined, MemberSuspect
+from shoal.averaging.bulk_router import BulkRouter
 from shoal.peer.core import PeerCore, UnroutableMessage, peer_codec
+from shoal.peer.round_peer import RoundPeer
+from shoal.rounds.config import RoundConfig
+from shoal.rounds.messages import ROUND_MESSAGES
 from shoal.runtime.control import ControlServer
 from shoal.transport import Transport, TransportError
-from shoal.wire.codec import Message
+from shoal.wire.codec import Codec, Message
 from shoal.wire.contact import Contact
 
 log = logging.getLogger(__name__)
@@ -53,6 +58,15 @@ class NodeConfig:
     bootstrap: list[Contact] = field(default_factory=list)
     dht: DhtConfig = field(default_factory=DhtConfig)
     swim: SwimConfig = field(default_factory=SwimConfig)
+    # Set both to take part in a training run's rounds (see rounds/).
+    run: str | None = None
+    rounds: RoundConfig | None = None
+    # Message types of application protocols (handled via Node.handle_protocol).
+    extra_messages: tuple[type[Message], ...] = ()
+
+
+MessageHandler = Callable[[Contact, Message], None]
+EventListener = Callable[[object], None]
 
 
 class Node:
@@ -61,10 +75,20 @@ class Node:
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.identity = identity or Identity.load_or_create(config.data_dir / KEY_FILE)
         self.peer_id: PeerId = self.identity.peer_id
+        codec = peer_codec()
+        if config.run is not None:
+            for t in ROUND_MESSAGES:
+                codec.register(t)
+        for t in config.extra_messages:
+            codec.register(t)
+        self.codec: Codec = codec
         self.transport = Transport(
-            self.identity, peer_codec(), on_message=self._on_message, on_bad_peer=self._on_bad_peer
+            self.identity, codec, on_message=self._on_message, on_bad_peer=self._on_bad_peer
         )
+        self.router = BulkRouter.attach(self.transport)
         self.core: PeerCore | None = None
+        self._handlers: dict[str, MessageHandler] = {}
+        self._listeners: list[EventListener] = []
         self.contact: Contact | None = None
         self._tg: asyncio.TaskGroup | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -77,12 +101,19 @@ class Node:
     async def run(self) -> None:
         self.contact = await self.transport.start(self.config.listen_host, self.config.listen_port)
         # The OS seeds the core's RNG: real nodes need unpredictability, the simulator a seed.
-        self.core = PeerCore(
-            self.contact,
-            random.Random(int.from_bytes(os.urandom(8), "big")),
-            self.config.dht,
-            self.config.swim,
-        )
+        rng = random.Random(int.from_bytes(os.urandom(8), "big"))
+        if self.config.run is not None and self.config.rounds is not None:
+            self.core = RoundPeer(
+                self.contact,
+                self.identity,
+                rng,
+                self.config.run,
+                self.config.rounds,
+                self.config.dht,
+                self.config.swim,
+            )
+        else:
+            self.core = PeerCore(self.contact, rng, self.config.dht, self.config.swim)
         control = ControlServer(self, self.config.data_dir / CONTROL_SOCKET)
         try:
             async with asyncio.TaskGroup() as tg:
@@ -109,6 +140,32 @@ class Node:
 
     def stop(self) -> None:
         self._stop.set()
+
+    # -- hooks for services (training, state sync) -----------------------------
+    def handle_protocol(self, protocol: str, handler: MessageHandler) -> None:
+        """Deliver messages whose type starts with ``protocol.`` to ``handler``."""
+        self._handlers[protocol] = handler
+
+    def add_listener(self, listener: EventListener) -> None:
+        """Call ``listener(event)`` for every event the cores emit."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: EventListener) -> None:
+        self._listeners.remove(listener)
+
+    def apply(self, actions: list[Action]) -> None:
+        """Carry out actions a service got from a core (must run on the node's loop)."""
+        self._apply(actions)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run a service's background job under the node's TaskGroup (never detached)."""
+        if self._tg is None:
+            coro.close()
+            raise RuntimeError("node is not running")
+        self._tg.create_task(coro)
+
+    async def send(self, to: Contact, msg: Message) -> None:
+        await self.transport.send(to, msg)
 
     # -- API used by the control server and the CLI ----------------------------
     def peers(self) -> list[dict[str, Any]]:
@@ -159,6 +216,8 @@ class Node:
                 self._emit(a.event)
 
     def _emit(self, ev: object) -> None:
+        for listener in list(self._listeners):
+            listener(ev)
         op = getattr(ev, "op_id", None)
         if op is not None and op in self._ops:
             fut = self._ops[op]
@@ -171,6 +230,10 @@ class Node:
 
     def _on_message(self, sender: Contact, msg: Message) -> None:
         if self.core is None:
+            return
+        handler = self._handlers.get(msg.protocol)
+        if handler is not None:
+            handler(sender, msg)
             return
         try:
             self._apply(self.core.on_message(time.time(), sender, msg))

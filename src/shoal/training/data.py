@@ -46,12 +46,11 @@ def _seed_for(seed: int, rank: int) -> int:
     return int.from_bytes(digest[:8], "big") >> 1
 
 
-def _as_tokens(data: bytes | bytearray) -> torch.Tensor:
-    return (
-        torch.frombuffer(bytearray(data), dtype=torch.uint8)
-        if data
-        else torch.zeros(0, dtype=torch.uint8)
-    )
+def _as_tokens(data: bytearray) -> torch.Tensor:
+    """A uint8 tensor sharing `data`'s memory (a bytearray, so it is writable: no copy)."""
+    if not data:  # frombuffer refuses empty buffers
+        return torch.zeros(0, dtype=torch.uint8)
+    return torch.frombuffer(data, dtype=torch.uint8)
 
 
 @dataclass(frozen=True)

@@ -129,3 +129,8 @@ def evaluate(model: GPT, data: Corpus, batches: int = 8, batch_size: int = 16) -
     finally:
         model.train(was_training)
     return sum(losses) / len(losses)
+
+
+def tiny_gpt(**kwargs: int) -> GPT:
+    """The demo's model; ``kwargs`` override GPTConfig fields (the run config's model.kwargs)."""
+    return GPT(GPTConfig(**kwargs))  # type: ignore[arg-type]

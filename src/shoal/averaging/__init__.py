@@ -1,0 +1,23 @@
+"""Averaging: group all-reduce of flat tensors over the transport's bulk streams.
+
+`bulk_router.py` shares one Transport's bulk handler among consumers by tag prefix;
+`allreduce.py` is the reduce-scatter + all-gather (`stream_format.py` its tags and
+header, `shards.py` who owns which slice); `moshpit.py` forms the groups.
+"""
+
+from shoal.averaging.allreduce import AllReduce, AllReduceFailed, AllReduceResult, all_reduce
+from shoal.averaging.bulk_router import BulkReceiver, BulkRouter
+from shoal.averaging.moshpit import group_of, moshpit_groups
+from shoal.averaging.shards import shard_bounds
+
+__all__ = [
+    "AllReduce",
+    "AllReduceFailed",
+    "AllReduceResult",
+    "BulkReceiver",
+    "BulkRouter",
+    "all_reduce",
+    "group_of",
+    "moshpit_groups",
+    "shard_bounds",
+]

@@ -1,0 +1,721 @@
+"""Group all-reduce over bulk streams: reduce-scatter, then all-gather.
+
+Members ``group[0..n-1]`` (sorted by peer id, the same list everywhere) split the flat
+fp32 vector into n contiguous shards (shards.py); ``group[j]`` owns shard j.
+
+1. Reduce-scatter. Every member streams its *unweighted* shard j, encoded by the
+   codec, to owner j, with its weight and model version in the tag
+   (stream_format.py). Owners check every field at announce time (wrong version,
+   size, sender index, codec or weight: refused before a byte is buffered), then
+   decode and check shape and finiteness (``validate_update``).
+2. Owner j averages the valid contributions in group order (= peer-id order):
+   ``sum_i x_i * fp32(w_i / W)`` with W the sum of included weights, using separate
+   fp32 mul and add (no FMA), exactly the formula of ``diloco_math.weighted_average``.
+   Normalising first keeps the sum a convex combination, so it cannot overflow.
+3. All-gather. Owner j encodes the averaged shard once and streams those same bytes,
+   behind a header saying whom it included with what weight, to every member, and
+   decodes them itself. So every member ends with a bit-identical vector, even with
+   lossy int8.
+
+Each member sends and receives about 2 (n-1)/n of the encoded vector. Memory beyond
+the output: the n-1 incoming contribution shards (owner side) and the n-1 incoming
+result shards, each freed once used; fp32 shards are sent straight from the caller's
+tensor, with no copy.
+
+Faults (what the caller sees):
+- A contribution that is malformed, non-finite, from another model version, the
+  wrong size, or whose stream carries more or fewer bytes than announced is excluded
+  with a logged reason; everyone else finishes. ``AllReduceResult.excluded`` names it.
+- A member that does not start streaming within ``timeout_s * REDUCE_AT_FRACTION``
+  is excluded from every owner's average (so the other shards still complete).
+- A member found dead (three failed sends, or two failed liveness probes while we
+  wait on it) or whose own shard never arrives makes the all-reduce fail with
+  ``AllReduceFailed(missing=[...])`` once our own owner duties are done; at the
+  latest after ``timeout_s``. The caller retries with the survivors under a new
+  session id.
+
+Weak spots, on purpose for now: a lying *owner* can send different averages to
+different members (caught afterwards by the model-hash check of the round, not
+here); weights are taken as claimed; success is not atomic across members (a member
+that dies after sending some of its result shards leaves some members with a result
+and others with AllReduceFailed); and int8 error feedback must wrap the whole call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from shoal.averaging.bulk_router import BulkRouter
+from shoal.averaging.shards import shard_bounds
+from shoal.averaging.stream_format import (
+    CODECS,
+    MAX_GROUP_SIZE,
+    PROBE_TAG,
+    STATUS_INCLUDED,
+    STATUS_MALFORMED,
+    STATUS_NON_FINITE,
+    STATUS_NOT_RECEIVED,
+    STATUS_REJECTED,
+    STATUS_STREAM_FAILED,
+    STATUS_TEXT,
+    STATUS_UNREACHABLE,
+    BadTag,
+    ContributionTag,
+    ResultHeader,
+    ResultTag,
+    header_bytes,
+    parse_tag,
+    payload_bytes,
+    session_prefix,
+)
+from shoal.compression import CompressionError, EncodedTensor, NonFiniteTensorError
+from shoal.compression.int8 import DEFAULT_CHUNK_SIZE, Int8Codec
+from shoal.identity.keys import PeerId
+from shoal.training.diloco_math import NonFiniteUpdateError, UpdateRejected, validate_update
+from shoal.transport import BulkRejected, Transport, TransportClosed, TransportError
+from shoal.wire.contact import Contact
+
+log = logging.getLogger(__name__)
+
+PROBE_INTERVAL_S = 5.0
+PROBE_FAILURES = 2  # consecutive failed probes before a member counts as dead
+SEND_ATTEMPTS = 3  # transport errors (not refusals) before a member counts as dead
+REDUCE_AT_FRACTION = 0.5
+_BACKOFF_START_S = 0.005
+_BACKOFF_MAX_S = 0.25
+
+Buffer = memoryview | bytes | bytearray
+
+
+class AllReduceFailed(Exception):
+    """The all-reduce cannot complete. Retry with ``survivors`` under a new session."""
+
+    def __init__(self, missing: list[PeerId], reasons: dict[PeerId, str], detail: str = "") -> None:
+        self.missing = missing
+        self.reasons = reasons
+        parts = [f"{p.short()}: {reasons.get(p, '?')}" for p in missing]
+        super().__init__(detail or "all-reduce failed; missing " + ", ".join(parts))
+
+    def survivors(self, group: Sequence[Contact]) -> list[Contact]:
+        gone = set(self.missing)
+        return [c for c in group if c.peer_id not in gone]
+
+
+@dataclass(frozen=True)
+class AllReduceResult:
+    average: torch.Tensor  # bit-identical at every member
+    total_weight: float  # sum of the contributors' weights
+    contributors: list[PeerId]  # included in every shard
+    excluded: dict[PeerId, str]  # left out of at least one shard, and why
+    bytes_sent: int  # stream payload bytes (no handshake / AEAD overhead)
+    bytes_received: int
+    shard_weights: list[float] = field(default_factory=list)  # divisor W of each shard
+
+
+class AllReduce:
+    """One member's side of one all-reduce. Also the BulkReceiver of its session.
+
+    ``contribution`` and ``send_stream`` are the two steps a test may override to
+    play a misbehaving member; everything else is the protocol.
+    """
+
+    def __init__(
+        self,
+        router: BulkRouter,
+        me: Contact,
+        group: Sequence[Contact],
+        session: str,
+        flat: torch.Tensor,
+        weight: float,
+        *,
+        compression: str = "none",
+        model_version: int,
+        timeout_s: float,
+        probe_interval_s: float = PROBE_INTERVAL_S,
+    ) -> None:
+        self._router = router
+        self._transport: Transport = router.transport
+        self._group = list(group)
+        ids = [c.peer_id for c in self._group]
+        if not ids or len(ids) > MAX_GROUP_SIZE:
+            raise ValueError(f"group must have 1..{MAX_GROUP_SIZE} members, got {len(ids)}")
+        if any(a >= b for a, b in itertools.pairwise(ids)):
+            raise ValueError("group must be sorted by peer id, without duplicates")
+        if me.peer_id != self._transport.peer_id:
+            raise ValueError("`me` is not this transport's peer id")
+        if me.peer_id not in ids:
+            raise ValueError("`me` is not in the group")
+        if compression not in CODECS:
+            raise ValueError(f"unknown compression {compression!r}; known: {list(CODECS)}")
+        weight = float(weight)
+        if not math.isfinite(weight) or weight <= 0:
+            raise ValueError(f"weight must be finite and > 0, got {weight!r}")
+        if isinstance(model_version, bool) or not isinstance(model_version, int):
+            raise ValueError(f"model_version must be an int, got {model_version!r}")
+        if model_version < 0:
+            raise ValueError(f"model_version must be >= 0, got {model_version}")
+        if not timeout_s > 0 or not probe_interval_s > 0:
+            raise ValueError("timeout_s and probe_interval_s must be > 0")
+        if flat.device.type != "cpu" or not flat.is_contiguous():
+            raise ValueError("flat must be a contiguous CPU tensor")
+        validate_update(flat, flat.numel(), model_version, model_version)  # 1-D fp32 finite
+        self._prefix = session_prefix(session)
+        self._session = session
+        self._flat = flat
+        self._weight = weight
+        self._codec = compression
+        self._version = model_version
+        self._timeout = timeout_s
+        self._probe_interval = probe_interval_s
+        self._numel = flat.numel()
+        self._n = len(ids)
+        self._idx = ids.index(me.peer_id)
+        self._index = {p: i for i, p in enumerate(ids)}
+        self._bounds = shard_bounds(self._numel, self._n)
+        self._out = torch.empty(self._numel, dtype=torch.float32)
+        self._int8 = Int8Codec(DEFAULT_CHUNK_SIZE)
+        # owner side: contributions to our shard
+        self._incoming: dict[int, tuple[bytearray, float]] = {}  # stream accepted, not done
+        self._arrived: dict[int, tuple[bytearray, float]] = {}
+        self._excluded: dict[int, tuple[int, str]] = {}
+        self._reduced = False
+        self._shard_payload: list[Buffer] = []
+        # member side: averaged shards
+        self._result_incoming: dict[int, bytearray] = {}
+        self._result_arrived: dict[int, bytearray] = {}
+        self._headers: dict[int, ResultHeader] = {}
+        self._bad_owner: dict[int, str] = {}
+        # liveness
+        self._heard_from: set[int] = set()
+        self._dead: dict[int, str] = {}
+        self._probe_failures: dict[int, int] = {}
+        self._last_alive: dict[int, float] = {}  # loop time we last heard from each member
+        self._sending: dict[int, int] = {}  # streams to each member in flight
+        self._stopping = False
+        self._probing = False
+        self._fatal: str | None = None
+        self._changed = asyncio.Event()
+        self.bytes_sent = 0
+        self.bytes_received = 0
+
+    # ------------------------------------------------------------------ helpers
+
+    def _who(self, m: int) -> str:
+        return f"{self._group[m].peer_id.short()} (member {m})"
+
+    def _shard_len(self, j: int) -> int:
+        lo, hi = self._bounds[j]
+        return hi - lo
+
+    def _resolved(self, m: int) -> bool:
+        return m == self._idx or m in self._arrived or m in self._excluded
+
+    def _exclude(self, m: int, status: int, reason: str) -> None:
+        if self._reduced or m == self._idx or m in self._arrived or m in self._excluded:
+            return
+        self._excluded[m] = (status, reason)
+        self._incoming.pop(m, None)
+        log.warning("all-reduce %s: excluding %s: %s", self._session, self._who(m), reason)
+        self._changed.set()
+
+    def _mark_dead(self, m: int, reason: str) -> None:
+        if m in self._dead:
+            return
+        self._dead[m] = f"unreachable: {reason}"
+        log.warning("all-reduce %s: %s is unreachable: %s", self._session, self._who(m), reason)
+        self._exclude(m, STATUS_UNREACHABLE, self._dead[m])
+        self._changed.set()
+
+    def _alive(self, m: int) -> None:
+        self._last_alive[m] = asyncio.get_running_loop().time()
+        self._probe_failures.pop(m, None)
+
+    # ------------------------------------------------------- BulkReceiver side
+
+    def accept(self, sender: Contact, tag: str, size: int) -> memoryview | None:
+        m = self._index.get(sender.peer_id)
+        if m is None or m == self._idx:
+            log.warning("all-reduce %s: refusing %r from non-member %s", self._session, tag, sender)
+            return None
+        try:
+            parsed = parse_tag(tag)
+        except BadTag as exc:
+            if tag.startswith("c/"):
+                self._exclude(m, STATUS_REJECTED, str(exc))
+            else:
+                log.warning("all-reduce %s: %s sent %s", self._session, self._who(m), exc)
+            return None
+        self._heard_from.add(m)
+        self._alive(m)
+        if parsed == PROBE_TAG:
+            return memoryview(bytearray(0)) if size == 0 else None
+        if isinstance(parsed, ContributionTag):
+            return self._accept_contribution(m, parsed, size)
+        assert isinstance(parsed, ResultTag)
+        return self._accept_result(m, parsed, size)
+
+    def _accept_contribution(self, m: int, t: ContributionTag, size: int) -> memoryview | None:
+        if self._resolved(m) or m in self._incoming or self._reduced:
+            return None  # duplicate, or too late: our decision about m is final
+        expected = payload_bytes(self._codec, self._shard_len(self._idx))
+        problem = ""
+        if t.sender != m:
+            problem = f"claims member index {t.sender} but is member {m}"
+        elif t.shard != self._idx:
+            problem = f"sent shard {t.shard} to the owner of shard {self._idx}"
+        elif t.version != self._version:
+            kind = "stale" if t.version < self._version else "future"
+            problem = f"{kind} model version {t.version}; this all-reduce is at {self._version}"
+        elif t.numel != self._numel:
+            problem = f"wrong size: vector of {t.numel} values, expected {self._numel}"
+        elif t.codec != self._codec:
+            problem = f"codec {t.codec!r}, expected {self._codec!r}"
+        elif size != expected:
+            problem = f"wrong size: announced {size} bytes, the shard needs {expected}"
+        if problem:
+            self._exclude(m, STATUS_REJECTED, problem)
+            return None
+        buf = bytearray(size)
+        self._incoming[m] = (buf, t.weight)
+        return memoryview(buf)
+
+    def _accept_result(self, m: int, t: ResultTag, size: int) -> memoryview | None:
+        j = t.shard
+        if j != m or j == self._idx:
+            log.warning("all-reduce %s: %s sent result shard %d", self._session, self._who(m), j)
+            return None
+        if j in self._headers or j in self._result_incoming or j in self._result_arrived:
+            return None
+        expected = header_bytes(self._n) + payload_bytes(self._codec, self._shard_len(j))
+        if (t.version, t.numel, t.codec) != (self._version, self._numel, self._codec):
+            reason = f"result tag {t} does not match this all-reduce"
+        elif size != expected:
+            reason = f"result of {size} bytes, expected {expected}"
+        else:
+            buf = bytearray(size)
+            self._result_incoming[j] = buf
+            return memoryview(buf)
+        self._bad_owner.setdefault(j, reason)
+        log.warning("all-reduce %s: owner %s: %s", self._session, self._who(j), reason)
+        self._changed.set()
+        return None
+
+    def on_complete(self, sender: Contact, tag: str, buf: memoryview) -> None:
+        m = self._index.get(sender.peer_id)
+        if m is None:
+            return
+        if tag.startswith("c/"):
+            entry = self._incoming.pop(m, None)
+            if entry is not None and not self._resolved(m) and not self._reduced:
+                self._arrived[m] = entry
+                self.bytes_received += len(entry[0])
+        elif tag.startswith("r/"):
+            res = self._result_incoming.pop(m, None)
+            if res is not None:
+                self._result_arrived[m] = res
+                self.bytes_received += len(res)
+        self._changed.set()
+
+    def on_failed(self, sender: Contact, tag: str, reason: str) -> None:
+        m = self._index.get(sender.peer_id)
+        if m is None:
+            return
+        if tag.startswith("c/") and m in self._incoming:
+            self._exclude(m, STATUS_STREAM_FAILED, f"stream failed: {reason}")
+        elif tag.startswith("r/"):
+            self._result_incoming.pop(m, None)  # the owner may retry
+        self._changed.set()
+
+    # ------------------------------------------------------- overridable steps
+
+    async def contribution(self, owner: int) -> tuple[str, list[Buffer]]:
+        """Session-relative tag and body of our contribution to shard ``owner``."""
+        lo, hi = self._bounds[owner]
+        x = self._flat[lo:hi]
+        tag = ContributionTag(
+            self._idx, owner, self._version, self._numel, self._codec, self._weight
+        ).encode()
+        if self._codec == "none":
+            return tag, [x.numpy().data]  # zero-copy: streamed from the caller's tensor
+        encoded = await asyncio.to_thread(self._int8.encode, x)
+        return tag, [encoded.payload]
+
+    async def send_stream(self, to: int, tag: str, buffers: list[Buffer]) -> None:
+        await self._transport.send_bulk(self._group[to], self._prefix + tag, buffers)
+
+    # ---------------------------------------------------------------- sending
+
+    async def _deliver(self, m: int, tag: str, buffers: list[Buffer], deadline: float) -> None:
+        """Send with retries. Refusals are retried until ``m`` has shown it is in the
+        session (before that it may just not have started); transport errors
+        SEND_ATTEMPTS times, after which ``m`` counts as dead."""
+        loop = asyncio.get_running_loop()
+        size = sum(memoryview(b).nbytes for b in buffers)
+        backoff = _BACKOFF_START_S
+        failures = 0
+        while m not in self._dead:
+            self._sending[m] = self._sending.get(m, 0) + 1
+            try:
+                await self.send_stream(m, tag, buffers)
+                self.bytes_sent += size
+                self._alive(m)
+                return
+            except BulkRejected as exc:
+                self._alive(m)
+                if m in self._heard_from:
+                    log.info(
+                        "all-reduce %s: %s refused %s: %s", self._session, self._who(m), tag, exc
+                    )
+                    return
+            except TransportClosed as exc:
+                self._fatal = f"our transport closed: {exc}"
+                self._changed.set()
+                return
+            except TransportError as exc:
+                failures += 1
+                if failures >= SEND_ATTEMPTS:
+                    self._mark_dead(m, f"{type(exc).__name__}: {exc}")
+                    return
+            finally:
+                self._sending[m] -= 1
+            if loop.time() + backoff >= deadline:
+                return
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, _BACKOFF_MAX_S)
+
+    async def _contribute(self, owner: int, deadline: float) -> None:
+        tag, buffers = await self.contribution(owner)
+        await self._deliver(owner, tag, buffers, deadline)
+
+    async def _send_result(self, m: int, deadline: float) -> None:
+        tag = ResultTag(self._idx, self._version, self._numel, self._codec).encode()
+        try:
+            await self._deliver(m, tag, self._shard_payload, deadline)
+        finally:
+            self._changed.set()  # the driver waits for our owner duties to finish
+
+    # --------------------------------------------------------------- liveness
+
+    def _waiting_on(self) -> list[int]:
+        """Members we still need something from, have no stream in flight with either
+        way, and have not heard from for a probe interval."""
+        need = set()
+        now = asyncio.get_running_loop().time()
+        for j in range(self._n):
+            if j == self._idx or j in self._dead or j in self._bad_owner:
+                continue
+            recent = now - self._last_alive.get(j, -1e9) < self._probe_interval
+            if self._sending.get(j, 0) or recent:
+                continue
+            if (
+                j not in self._headers
+                and j not in self._result_incoming
+                and (j not in self._result_arrived)
+            ):
+                need.add(j)
+            if not self._reduced and not self._resolved(j) and j not in self._incoming:
+                need.add(j)
+        return sorted(need)
+
+    async def _probe(self, m: int, timeout: float) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                await self._transport.send_bulk(self._group[m], self._prefix + PROBE_TAG, [])
+        except BulkRejected:
+            pass  # it answered: alive (not in, or already done with, this session)
+        except TransportClosed as exc:
+            self._fatal = f"our transport closed: {exc}"
+            self._changed.set()
+            return
+        except (TransportError, TimeoutError) as exc:
+            n = self._probe_failures.get(m, 0) + 1
+            self._probe_failures[m] = n
+            if n >= PROBE_FAILURES:
+                self._mark_dead(m, f"{n} liveness probes failed, last: {type(exc).__name__} {exc}")
+            return
+        self._alive(m)
+
+    async def _probe_loop(self) -> None:
+        """Probe the members we wait on. Stops between rounds once ``_stopping`` is
+        set, so a finished all-reduce never cuts a probe stream off mid-way (which
+        the other side would log as a misbehaving peer)."""
+        timeout = max(2.0, 2 * self._probe_interval)
+        while not self._stopping:
+            await asyncio.sleep(self._probe_interval)
+            targets = [] if self._stopping else self._waiting_on()
+            if targets:
+                self._probing = True
+                try:
+                    await asyncio.gather(*(self._probe(m, timeout) for m in targets))
+                finally:
+                    self._probing = False
+
+    # ------------------------------------------------------------ arithmetic
+
+    def _decode(self, payload: Buffer, values: int) -> torch.Tensor:
+        """Decode ``values`` floats (untrusted bytes; sizes were checked at accept)."""
+        if values == 0:
+            return torch.empty(0, dtype=torch.float32)
+        if self._codec == "none":
+            return torch.frombuffer(payload, dtype=torch.float32, count=values)
+        enc = EncodedTensor("int8", (values,), payload, chunk_size=DEFAULT_CHUNK_SIZE)
+        return self._int8.decode(enc)
+
+    def _reduce_sync(
+        self, arrived: dict[int, tuple[bytearray, float]]
+    ) -> tuple[list[tuple[int, int, str]], list[float], float]:
+        """Average our shard into ``self._out`` (worker thread). Returns the members
+        rejected while decoding, the weight used per member, and the divisor."""
+        lo, hi = self._bounds[self._idx]
+        k = hi - lo
+        parts: list[tuple[torch.Tensor, float]] = []
+        rejected: list[tuple[int, int, str]] = []
+        weights = [0.0] * self._n
+        for m in range(self._n):  # group order = peer-id order: a fixed summation order
+            if m == self._idx:
+                x, w = self._flat[lo:hi], self._weight
+            elif m in arrived:
+                buf, w = arrived[m]
+                try:
+                    x = self._decode(buf, k)
+                    validate_update(x, k, self._version, self._version)
+                except (NonFiniteUpdateError, NonFiniteTensorError) as exc:
+                    rejected.append((m, STATUS_NON_FINITE, f"{type(exc).__name__}: {exc}"))
+                    continue
+                except (CompressionError, UpdateRejected) as exc:
+                    rejected.append((m, STATUS_MALFORMED, f"{type(exc).__name__}: {exc}"))
+                    continue
+            else:
+                continue
+            parts.append((x, w))
+            weights[m] = w
+        total = sum(w for _, w in parts)
+        acc = self._out[lo:hi]
+        acc.zero_()
+        tmp = torch.empty(k, dtype=torch.float32)
+        for x, w in parts:
+            # w / total in float64, one rounding to fp32: as diloco_math.weighted_average.
+            torch.mul(x, torch.tensor(w / total, dtype=torch.float32), out=tmp)
+            acc.add_(tmp)
+        if not bool(torch.isfinite(acc).all()):
+            raise CompressionError("averaged shard overflowed fp32")
+        if self._codec == "none":
+            self._shard_payload = [acc.numpy().data] if k else []
+        else:
+            encoded = self._int8.encode(acc)
+            self._shard_payload = [encoded.payload]
+            acc.copy_(self._decode(encoded.payload, k))  # the owner keeps what it sends
+        return rejected, weights, total
+
+    async def _reduce(self) -> float:
+        self._reduced = True  # from here on, accept() refuses contributions
+        arrived, self._arrived = self._arrived, {}
+        rejected, weights, total = await asyncio.to_thread(self._reduce_sync, arrived)
+        del arrived
+        for m, status, reason in rejected:
+            self._excluded[m] = (status, reason)
+            log.warning("all-reduce %s: excluding %s: %s", self._session, self._who(m), reason)
+        statuses = [
+            STATUS_INCLUDED if weights[m] > 0 else STATUS_NOT_RECEIVED for m in range(self._n)
+        ]
+        for m, (status, _) in self._excluded.items():
+            statuses[m] = status
+        header = ResultHeader(tuple(statuses), tuple(weights))
+        self._headers[self._idx] = header
+        self._shard_payload.insert(0, header.encode())
+        return total
+
+    def _decode_result_sync(self, j: int, buf: bytearray) -> ResultHeader:
+        hb = header_bytes(self._n)
+        view = memoryview(buf)
+        header = ResultHeader.decode(view[:hb], self._n)
+        if header.statuses[j] != STATUS_INCLUDED:
+            raise ValueError("the owner left its own contribution out")
+        lo, hi = self._bounds[j]
+        x = self._decode(view[hb:], hi - lo)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("averaged shard holds NaN/Inf")
+        self._out[lo:hi].copy_(x)
+        return header
+
+    # ---------------------------------------------------------------- driver
+
+    async def run(self) -> AllReduceResult:
+        self._router.register(self._prefix, self)
+        try:
+            outcome = await self._drive()
+        finally:
+            self._router.unregister(self._prefix)
+        if isinstance(outcome, AllReduceFailed):
+            raise outcome
+        return outcome
+
+    async def _drive(self) -> AllReduceResult | AllReduceFailed:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        deadline = start + self._timeout
+        reduce_at = start + self._timeout * REDUCE_AT_FRACTION
+        sends: dict[int, asyncio.Task[None]] = {}
+        result_sends: dict[int, asyncio.Task[None]] = {}
+        async with asyncio.TaskGroup() as tg:
+            for j in range(self._n):
+                if j != self._idx:
+                    sends[j] = tg.create_task(self._contribute(j, deadline))
+            prober = tg.create_task(self._probe_loop())
+            try:
+                while True:
+                    self._changed.clear()
+                    outcome = await self._step(
+                        tg, sends, result_sends, loop.time(), reduce_at, deadline
+                    )
+                    if outcome is not None:
+                        self._stopping = True
+                        if self._probing:  # let a probe round in flight finish
+                            await asyncio.wait([prober], timeout=self._probe_interval + 2.0)
+                        return outcome
+                    wake = deadline if self._reduced else min(reduce_at, deadline)
+                    try:
+                        async with asyncio.timeout(max(0.0, wake - loop.time())):
+                            await self._changed.wait()
+                    except TimeoutError:
+                        pass
+            finally:
+                for t in [*sends.values(), *result_sends.values(), prober]:
+                    t.cancel()
+
+    async def _step(
+        self,
+        tg: asyncio.TaskGroup,
+        sends: dict[int, asyncio.Task[None]],
+        result_sends: dict[int, asyncio.Task[None]],
+        now: float,
+        reduce_at: float,
+        deadline: float,
+    ) -> AllReduceResult | AllReduceFailed | None:
+        if self._fatal is not None:
+            return AllReduceFailed([], {}, f"all-reduce {self._session}: {self._fatal}")
+        if not self._reduced:
+            if now >= reduce_at:
+                for m in range(self._n):
+                    if not self._resolved(m) and m not in self._incoming:
+                        waited = self._timeout * REDUCE_AT_FRACTION
+                        self._exclude(
+                            m, STATUS_NOT_RECEIVED, f"no contribution within {waited:.1f} s"
+                        )
+            if all(self._resolved(m) for m in range(self._n)):
+                try:
+                    await self._reduce()
+                except CompressionError as exc:
+                    self._fatal = str(exc)
+                    return AllReduceFailed([], {}, f"all-reduce {self._session}: {exc}")
+                for m in range(self._n):
+                    if m != self._idx and m not in self._dead:
+                        result_sends[m] = tg.create_task(self._send_result(m, deadline))
+        for j in list(self._result_arrived):
+            buf = self._result_arrived.pop(j)
+            try:
+                self._headers[j] = await asyncio.to_thread(self._decode_result_sync, j, buf)
+            except (ValueError, CompressionError) as exc:
+                self._bad_owner[j] = f"sent an unusable averaged shard: {exc}"
+                log.warning("all-reduce %s: owner %s %s", self._session, self._who(j), exc)
+            del buf
+        for j, task in sends.items():
+            if j in self._headers and not task.done():
+                task.cancel()  # its shard is done; our contribution no longer matters
+        duties_done = self._reduced and all(t.done() for t in result_sends.values())
+        if len(self._headers) == self._n and duties_done:
+            return self._result()
+        lost = {j: r for j, r in self._dead.items() if j not in self._headers}
+        lost.update(self._bad_owner)
+        if lost and duties_done:
+            return self._failure(lost)
+        if now >= deadline:
+            missing = dict(lost)
+            for j in range(self._n):
+                if j != self._idx and j not in self._headers:
+                    missing.setdefault(j, f"no averaged shard within {self._timeout:.1f} s")
+                if not self._reduced and not self._resolved(j):
+                    missing.setdefault(j, f"no contribution within {self._timeout:.1f} s")
+            return self._failure(missing)
+        return None
+
+    def _failure(self, lost: dict[int, str]) -> AllReduceFailed:
+        missing = [self._group[j].peer_id for j in sorted(lost)]
+        reasons = {self._group[j].peer_id: r for j, r in lost.items()}
+        return AllReduceFailed(missing, reasons)
+
+    def _result(self) -> AllReduceResult:
+        ids = [c.peer_id for c in self._group]
+        shards = sorted(self._headers)
+        contributors = [
+            ids[m]
+            for m in range(self._n)
+            if all(self._headers[j].statuses[m] == STATUS_INCLUDED for j in shards)
+        ]
+        excluded: dict[PeerId, str] = {}
+        for m in range(self._n):
+            reasons = []
+            if m in self._excluded:
+                reasons.append(self._excluded[m][1])  # our own, detailed reason first
+            for j in shards:
+                s = self._headers[j].statuses[m]
+                if s != STATUS_INCLUDED and j != self._idx:
+                    reasons.append(f"shard {j} ({ids[j].short()}): {STATUS_TEXT[s]}")
+            if reasons:
+                excluded[ids[m]] = "; ".join(reasons)
+        first = self._headers[shards[0]]
+        total = sum(first.weights[self._index[p]] for p in contributors)
+        shard_weights = [sum(self._headers[j].weights) for j in shards]
+        return AllReduceResult(
+            average=self._out,
+            total_weight=total,
+            contributors=contributors,
+            excluded=excluded,
+            bytes_sent=self.bytes_sent,
+            bytes_received=self.bytes_received,
+            shard_weights=shard_weights,
+        )
+
+
+async def all_reduce(
+    router: BulkRouter | Transport,
+    me: Contact,
+    group: Sequence[Contact],
+    session: str,
+    flat: torch.Tensor,
+    weight: float,
+    *,
+    compression: str = "none",
+    model_version: int,
+    timeout_s: float,
+    probe_interval_s: float = PROBE_INTERVAL_S,
+) -> AllReduceResult:
+    """Weighted average of ``flat`` across ``group``; every member gets identical bits.
+
+    ``group`` is the same list, sorted by peer id, at every member, and includes
+    ``me``; ``session`` is unique to this attempt (e.g. f"{run}/r{round}/g{g}/a{try}").
+    ``flat`` (1-D fp32, contiguous, finite) must not change until this returns.
+    Raises ValueError for bad arguments and AllReduceFailed if members are missing.
+    """
+    if isinstance(router, Transport):
+        router = BulkRouter.attach(router)
+    job = AllReduce(
+        router,
+        me,
+        group,
+        session,
+        flat,
+        weight,
+        compression=compression,
+        model_version=model_version,
+        timeout_s=timeout_s,
+        probe_interval_s=probe_interval_s,
+    )
+    return await job.run()

@@ -1,0 +1,230 @@
+"""``shoal.DiLoCo``: wrap a torch model and its optimizer; train with the swarm.
+
+    node = shoal.start_node(data_dir="/tmp/n0", run="my-run", bootstrap=[...])
+    opt = shoal.DiLoCo(model, torch.optim.AdamW(model.parameters()), run="my-run",
+                       node=node, inner_steps=50)
+    for x, y in batches:
+        loss = model(x, y)
+        opt.zero_grad(); loss.backward()
+        opt.step(samples=len(x))    # every inner_steps-th call syncs with the swarm
+
+Inner steps use the user's optimizer. Every ``inner_steps`` steps, the pseudo-gradient
+(global params - local params) is averaged across this round's group, weighted by
+samples, and an outer Nesterov SGD step moves the global params; the model then
+restarts from them. Every member of a group ends the round with bit-identical params.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shoal.compression import ErrorFeedback, get_codec
+from shoal.runtime.background import NodeThread
+from shoal.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from shoal.training.diloco_math import (
+    OuterOptimizer,
+    flatten_params,
+    model_hash,
+    pseudo_gradient,
+    unflatten_into,
+)
+from shoal.training.state_sync import (
+    Snapshot,
+    StateServer,
+    fetch_state,
+    read_heads,
+    state_hash,
+)
+from shoal.training.swarm_averager import SwarmAverager
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundLog:
+    round: int
+    model_hash: str
+    group_size: int
+    total_samples: int
+    bytes_sent: int
+    bytes_received: int
+    excluded: dict[str, str] = field(default_factory=dict)
+
+
+class DiLoCo:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        inner_optimizer: torch.optim.Optimizer,
+        *,
+        run: str,
+        node: NodeThread,
+        inner_steps: int = 50,
+        outer_lr: float = 0.7,
+        outer_momentum: float = 0.9,
+        compression: str = "int8",
+        allreduce_timeout_s: float = 60.0,
+        join_existing: bool = True,
+    ) -> None:
+        if inner_steps < 1:
+            raise ValueError("inner_steps must be >= 1")
+        self.model = model
+        self.inner = inner_optimizer
+        self.run = run
+        self.node_thread = node
+        self.inner_steps = inner_steps
+        self.outer = OuterOptimizer(lr=outer_lr, momentum=outer_momentum)
+        self.feedback = ErrorFeedback(get_codec(compression))
+        self.compression = compression
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.global_flat = flatten_params(self.params)
+        if self.outer.momentum_buffer is None:
+            self.outer.momentum_buffer = torch.zeros_like(self.global_flat)
+        self.round = 0
+        self.local_steps = 0
+        self.round_samples = 0
+        self.history: list[RoundLog] = []
+        assert node.node is not None
+        self._node = node.node
+        self._server: StateServer = node.call(self._make_server())
+        self._averager: SwarmAverager = node.call(self._make_averager(allreduce_timeout_s))
+        if join_existing:
+            self._sync_from_swarm()
+        node.call(self._server.publish(self._snapshot()))
+
+    async def _make_server(self) -> StateServer:
+        return StateServer(self._node, self.run)
+
+    async def _make_averager(self, timeout_s: float) -> SwarmAverager:
+        return SwarmAverager(self._node, self.run, self.compression, timeout_s)
+
+    # -- torch optimizer surface -------------------------------------------------
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.inner.zero_grad(set_to_none=set_to_none)
+
+    def step(self, samples: int = 1) -> RoundLog | None:
+        """One inner step; every ``inner_steps``-th call also runs the outer round."""
+        self.inner.step()
+        self.local_steps += 1
+        self.round_samples += samples
+        if self.local_steps % self.inner_steps == 0:
+            return self.sync()
+        return None
+
+    def sync(self) -> RoundLog | None:
+        """Average with the swarm now and apply the outer step.
+
+        If the swarm moved on without us (we missed a round, or averaged alone while
+        the others agree on a different state), adopt the swarm's verified state
+        instead and drop this round's local work: returns None then.
+        """
+        if self._catch_up():
+            return None
+        local = flatten_params(self.params)
+        delta = pseudo_gradient(self.global_flat, local)
+        # Error feedback: what int8 loses this round is added to the next round's delta.
+        encoded = self.feedback.encode("delta", delta)
+        delta_q = get_codec(self.compression).decode(encoded).reshape(-1).contiguous()
+        outcome = self.node_thread.call(
+            self._averager.average(self.round, delta_q, max(1, self.round_samples))
+        )
+        res = outcome.result
+        self.outer.step(self.global_flat, res.average)
+        unflatten_into(self.global_flat, self.params)
+        self.round += 1
+        self.round_samples = 0
+        h = model_hash(self.global_flat)
+        entry = RoundLog(
+            self.round, h, len(outcome.group.members), outcome.group.total_samples,
+            res.bytes_sent, res.bytes_received,
+            {p.short(): why for p, why in res.excluded.items()},
+        )  # fmt: skip
+        self.history.append(entry)
+        self.node_thread.call(self._server.publish(self._snapshot()))
+        log.info("round %d done: hash %s, group of %d", self.round, h[:12], entry.group_size)
+        return entry
+
+    # -- state ---------------------------------------------------------------------
+    def _snapshot(self) -> Snapshot:
+        assert self.outer.momentum_buffer is not None
+        data = (
+            self.global_flat.numpy().tobytes() + self.outer.momentum_buffer.contiguous().numpy().tobytes()
+        )
+        return Snapshot(self.round, data, state_hash(data))
+
+    def _catch_up(self) -> bool:
+        mine = self._server.snapshot
+        heads = self.node_thread.call(read_heads(self._node, self.run))
+        others = [(r, h) for p, r, h in heads if p != self._node.peer_id]
+        if not others or mine is None:
+            return False
+        top = max(r for r, _ in others)
+        votes = Counter(h for r, h in others if r == self.round)
+        behind = top > self.round
+        outvoted = bool(votes) and votes.most_common(1)[0][1] >= 2 and mine.state_hash not in votes
+        if not (behind or outvoted):
+            return False
+        log.warning(
+            "state diverged from the swarm (round %d, swarm at %d); resyncing", self.round, top
+        )
+        size = 2 * 4 * self.global_flat.numel()
+        snap = self.node_thread.call(fetch_state(self._node, self.run, size, wait_s=5.0))
+        if snap is None:
+            return False
+        self._load_snapshot(snap)
+        self.round_samples = 0
+        self.node_thread.call(self._server.publish(self._snapshot()))
+        return True
+
+    def _sync_from_swarm(self) -> None:
+        size = 2 * 4 * self.global_flat.numel()
+        snap = self.node_thread.call(fetch_state(self._node, self.run, size, wait_s=5.0))
+        if snap is None:
+            log.info("no peer has state for run %s yet; starting from this model", self.run)
+            return
+        self._load_snapshot(snap)
+
+    def _load_snapshot(self, snap: Snapshot) -> None:
+        n = self.global_flat.numel()
+        both = torch.frombuffer(bytearray(snap.data), dtype=torch.float32)
+        self.global_flat.copy_(both[:n])
+        self.outer.momentum_buffer = both[n:].clone()
+        unflatten_into(self.global_flat, self.params)
+        self.round = snap.round
+        log.info("joined run %s at round %d", self.run, self.round)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "round": self.round,
+            "global": self.global_flat.clone(),
+            "outer": self.outer.state_dict(),
+            "inner": self.inner.state_dict(),
+            "feedback": self.feedback.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.round = int(state["round"])
+        self.global_flat.copy_(state["global"])
+        self.outer.load_state_dict(state["outer"])
+        self.inner.load_state_dict(state["inner"])
+        self.feedback.load_state_dict(state["feedback"])
+        unflatten_into(self.global_flat, self.params)
+
+    def save_checkpoint(self, path: str | Path) -> str:
+        """Write the global model + outer momentum as safetensors; returns the model hash."""
+        unflatten_into(self.global_flat, self.params)
+        named = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        return save_checkpoint(
+            path,
+            Checkpoint(named, self.round, self.outer.momentum_buffer, {"run": self.run}),
+        )
+
+    @staticmethod
+    def load_checkpoint(path: str | Path) -> Checkpoint:
+        return load_checkpoint(path)

@@ -1,0 +1,177 @@
+"""The local swarm demo: N ``shoal train`` processes on loopback train one model.
+
+The orchestrator only starts processes and reads files; the nodes find each other
+through the first one (bootstrap), form groups via the DHT and average peer to peer.
+At the end it compares the swarm's model with one node trained alone for the same
+number of local steps as each peer, and the bytes sent with what per-step DDP (ring
+all-reduce of fp32 gradients) would have sent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from shoal.training.checkpoint import load_checkpoint
+from shoal.training.local import train_single_node
+from shoal.training.model import GPT, GPTConfig, evaluate
+from shoal.training.run_config import RunConfig, dump_run_config
+from shoal.training.runner import load_corpus
+
+log = logging.getLogger(__name__)
+
+# The whole demo must finish; a node still running after this is killed (by its PID).
+DEMO_TIMEOUT_S = 900.0
+
+
+@dataclass
+class DemoConfig:
+    nodes: int = 4
+    rounds: int = 10
+    inner_steps: int = 30
+    batch_size: int = 16
+    out: Path = Path("shoal-demo")
+    compression: str = "int8"
+
+
+Progress = Callable[[int, dict[str, Any]], None]
+
+
+def node_config(cfg: DemoConfig, i: int, bootstrap: list[str]) -> RunConfig:
+    d = cfg.out / f"node{i}"
+    return RunConfig(
+        name="demo", data_dir=d, rounds=cfg.rounds, inner_steps=cfg.inner_steps,
+        expected_peers=cfg.nodes, deadline_s=60.0, compression=cfg.compression,
+        batch_size=cfg.batch_size, rank=i, world=cfg.nodes, bootstrap=bootstrap,
+        progress_file=d / "progress.jsonl", result_file=d / "result.json",
+    )  # fmt: skip
+
+
+def start_node(cfg: RunConfig) -> subprocess.Popen[bytes]:
+    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    for f in (cfg.progress_file, cfg.result_file, cfg.data_dir / "node.json"):
+        if f is not None:
+            f.unlink(missing_ok=True)
+    path = cfg.data_dir / "run.toml"
+    path.write_text(dump_run_config(cfg))
+    logf = open(cfg.data_dir / "node.log", "ab")  # noqa: SIM115 - handed to the child
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # N processes share the cores
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "train", "--config", str(path)],
+        stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    logf.close()
+    return proc
+
+
+def wait_contact(data_dir: Path, proc: subprocess.Popen[bytes], timeout: float = 60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"node exited with {proc.returncode}; see {data_dir}/node.log")
+        try:
+            return str(json.loads((data_dir / "node.json").read_text())["contact"])
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            time.sleep(0.1)
+    raise TimeoutError(f"node in {data_dir} did not start")
+
+
+def last_progress(path: Path | None) -> dict[str, Any]:
+    if path is None or not path.exists():
+        return {}
+    lines = path.read_text().strip().splitlines()
+    try:
+        return dict(json.loads(lines[-1])) if lines else {}
+    except json.JSONDecodeError:
+        return {}
+
+
+def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any]:
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    configs = [node_config(cfg, 0, [])]
+    procs = [start_node(configs[0])]
+    t0 = time.monotonic()
+    try:
+        boot = wait_contact(configs[0].data_dir, procs[0])
+        for i in range(1, cfg.nodes):
+            configs.append(node_config(cfg, i, [boot]))
+            procs.append(start_node(configs[i]))
+        while any(p.poll() is None for p in procs):
+            if time.monotonic() - t0 > DEMO_TIMEOUT_S:
+                raise TimeoutError("demo did not finish in time")
+            for i, c in enumerate(configs):
+                if progress is not None:
+                    progress(i, last_progress(c.progress_file))
+            time.sleep(0.5)
+        for i, c in enumerate(configs):
+            if progress is not None:
+                progress(i, last_progress(c.progress_file))
+        failed = [i for i, p in enumerate(procs) if p.returncode != 0]
+        if failed:
+            raise RuntimeError(f"nodes {failed} failed; see {cfg.out}/node*/node.log")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    swarm_s = time.monotonic() - t0
+    results = [json.loads(c.result_file.read_text()) for c in configs if c.result_file]
+    return summarize(cfg, configs[0], results, swarm_s)
+
+
+def summarize(
+    cfg: DemoConfig, c0: RunConfig, results: list[dict[str, Any]], swarm_s: float
+) -> dict[str, Any]:
+    by_round: dict[int, set[str]] = {}
+    for r in results:
+        for h in r["history"]:
+            by_round.setdefault(h["round"], set()).add(h["model_hash"])
+    hashes_equal = all(len(v) == 1 for v in by_round.values()) and len(
+        {r["final_model_hash"] for r in results}
+    ) == 1
+    corpus = load_corpus(c0)
+    ckpt = load_checkpoint(results[0]["checkpoint"])
+    model = GPT(GPTConfig())
+    model.load_state_dict({k: v for k, v in ckpt.params.items()}, strict=False)
+    swarm_loss = evaluate(model, corpus)
+    steps = max(r["local_steps"] for r in results)
+    single = train_single_node(
+        steps, corpus=corpus, batch_size=cfg.batch_size, lr=c0.inner_lr, seed=c0.seed
+    )
+    numel = int(results[0]["numel"])
+    n = len(results)
+    # Per-step DDP: a ring all-reduce of fp32 gradients sends 2(n-1)/n of them per peer.
+    ddp_bytes = int(steps * n * 2 * (n - 1) / n * 4 * numel)
+    bytes_sent = sum(int(r["bytes_sent"]) for r in results)
+    return {
+        "swarm_loss": round(swarm_loss, 4),
+        "single_node_loss": round(single.final_loss, 4),
+        "initial_loss": round(single.initial_loss, 4),
+        "bytes_sent": bytes_sent,
+        "ddp_equivalent_bytes": ddp_bytes,
+        "communication_ratio": round(ddp_bytes / max(1, bytes_sent), 1),
+        "rounds": max(r["rounds"] for r in results),
+        "peers": n,
+        "local_steps_per_peer": steps,
+        "model_hashes_equal": hashes_equal,
+        "final_model_hash": results[0]["final_model_hash"],
+        "params": numel,
+        "swarm_wall_s": round(swarm_s, 1),
+        "checkpoint": results[0]["checkpoint"],
+        "out": str(cfg.out),
+    }
+

@@ -1,0 +1,176 @@
+"""A training run described in TOML, for ``shoal train --config run.toml``.
+
+    [run]
+    name = "my-run"          # peers with the same name train together
+    rounds = 10              # outer rounds this node takes part in
+    inner_steps = 50         # H: local steps per round
+    target_samples = 0       # close a round at this many swarm samples (0: expected_peers*H*batch)
+    expected_peers = 4
+    deadline_s = 120.0       # ...or this long after this peer reached the round's end
+    group_size = 16          # Moshpit group size
+    compression = "int8"     # "none" or "int8"
+    seed = 0                 # same seed -> same initial model on every peer
+
+    [model]
+    factory = "shoal.training.model:tiny_gpt"   # importable "module:callable" -> nn.Module
+    kwargs = {}                                 # model(x, y) must return the loss
+
+    [data]
+    path = "stdlib"          # or a local text file / directory
+    batch_size = 16
+    block_size = 64
+    rank = 0                 # this peer's shard of the training split
+    world = 1
+
+    [optim]
+    inner_lr = 0.003
+    outer_lr = 0.7
+    outer_momentum = 0.9
+
+    [node]
+    data_dir = "/var/lib/shoal/n0"
+    listen = "127.0.0.1:0"
+    bootstrap = ["sh1...@127.0.0.1:7000"]
+"""
+
+from __future__ import annotations
+
+import importlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class RunConfig:
+    name: str
+    data_dir: Path
+    rounds: int = 10
+    inner_steps: int = 50
+    target_samples: int = 0
+    expected_peers: int = 1
+    deadline_s: float = 120.0
+    group_size: int = 16
+    compression: str = "int8"
+    seed: int = 0
+    model_factory: str = "shoal.training.model:tiny_gpt"
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    data_path: str = "stdlib"
+    batch_size: int = 16
+    block_size: int = 64
+    rank: int = 0
+    world: int = 1
+    inner_lr: float = 3e-3
+    outer_lr: float = 0.7
+    outer_momentum: float = 0.9
+    listen: str = "127.0.0.1:0"
+    bootstrap: list[str] = field(default_factory=list)
+    # demo bookkeeping: where to write progress lines and the result JSON
+    progress_file: Path | None = None
+    result_file: Path | None = None
+
+    @property
+    def effective_target(self) -> int:
+        return self.target_samples or self.expected_peers * self.inner_steps * self.batch_size
+
+    def build_model(self) -> torch.nn.Module:
+        mod_name, sep, attr = self.model_factory.partition(":")
+        if not sep:
+            raise ConfigError(f"model.factory must be 'module:callable', got {self.model_factory!r}")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot import model factory {self.model_factory!r}: {exc}") from exc
+        torch.manual_seed(self.seed)
+        model = factory(**self.model_kwargs)
+        if not isinstance(model, torch.nn.Module):
+            raise ConfigError(f"{self.model_factory} returned {type(model).__name__}, not a Module")
+        return model
+
+
+_SECTIONS: dict[str, dict[str, str]] = {
+    "run": {
+        "name": "name", "rounds": "rounds", "inner_steps": "inner_steps",
+        "target_samples": "target_samples", "expected_peers": "expected_peers",
+        "deadline_s": "deadline_s", "group_size": "group_size", "compression": "compression",
+        "seed": "seed",
+    },
+    "model": {"factory": "model_factory", "kwargs": "model_kwargs"},
+    "data": {
+        "path": "data_path", "batch_size": "batch_size", "block_size": "block_size",
+        "rank": "rank", "world": "world",
+    },
+    "optim": {"inner_lr": "inner_lr", "outer_lr": "outer_lr", "outer_momentum": "outer_momentum"},
+    "node": {"data_dir": "data_dir", "listen": "listen", "bootstrap": "bootstrap"},
+    "output": {"progress_file": "progress_file", "result_file": "result_file"},
+}  # fmt: skip
+
+
+def load_run_config(path: Path) -> RunConfig:
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    values: dict[str, Any] = {}
+    for section, body in raw.items():
+        keys = _SECTIONS.get(section)
+        if keys is None or not isinstance(body, dict):
+            raise ConfigError(f"unknown section [{section}] in {path}")
+        for k, v in body.items():
+            if k not in keys:
+                raise ConfigError(f"unknown key {section}.{k} in {path}")
+            values[keys[k]] = v
+    for required in ("name", "data_dir"):
+        if required not in values:
+            raise ConfigError(f"{path}: missing {required}")
+    for p in ("data_dir", "progress_file", "result_file"):
+        if p in values:
+            values[p] = Path(values[p])
+    try:
+        cfg = RunConfig(**values)
+    except TypeError as exc:
+        raise ConfigError(str(exc)) from exc
+    _check(cfg)
+    return cfg
+
+
+def _check(cfg: RunConfig) -> None:
+    if cfg.compression not in ("none", "int8"):
+        raise ConfigError(f"run.compression must be 'none' or 'int8', got {cfg.compression!r}")
+    for name in ("rounds", "inner_steps", "expected_peers", "group_size", "batch_size", "world"):
+        if int(getattr(cfg, name)) < 1:
+            raise ConfigError(f"{name} must be >= 1")
+    if not 0 <= cfg.rank < cfg.world:
+        raise ConfigError("data.rank must be in [0, world)")
+
+
+def dump_run_config(cfg: RunConfig) -> str:
+    """TOML text for ``cfg`` (the demo writes one per node)."""
+
+    def lit(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(lit(x) for x in v) + "]"
+        if isinstance(v, dict):
+            return "{" + ", ".join(f"{k} = {lit(x)}" for k, x in v.items()) + "}"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    lines: list[str] = []
+    for section, keys in _SECTIONS.items():
+        body = [(k, getattr(cfg, attr)) for k, attr in keys.items()]
+        body = [(k, v) for k, v in body if v is not None]
+        if body:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {lit(v)}" for k, v in body]
+            lines.append("")
+    return "\n".join(lines)

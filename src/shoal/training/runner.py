@@ -1,0 +1,132 @@
+"""``shoal train``: one node joins a run and trains with the swarm, top to bottom.
+
+1. start the node (P2P + the run's round core) in a background thread;
+2. build the model from the config and wrap its AdamW in ``DiLoCo`` (which downloads
+   the current state from peers when the run is already going);
+3. train on this peer's data shard until the run's last round;
+4. save the final checkpoint and a result JSON, stop the node.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from shoal.diloco import DiLoCo
+from shoal.rounds.config import RoundConfig
+from shoal.runtime.background import NodeThread
+from shoal.runtime.node import Node, NodeConfig
+from shoal.training.data import Corpus, stdlib_corpus, text_corpus
+from shoal.training.run_config import RunConfig
+from shoal.training.state_sync import STATE_MESSAGES
+from shoal.wire.contact import Contact, split_addr
+
+log = logging.getLogger(__name__)
+
+# Wait this long for the expected peers before training starts anyway.
+PEER_WAIT_S = 30.0
+
+
+def load_corpus(cfg: RunConfig) -> Corpus:
+    return stdlib_corpus() if cfg.data_path == "stdlib" else text_corpus(cfg.data_path)
+
+
+def round_config(cfg: RunConfig) -> RoundConfig:
+    # Loopback-friendly timings; a WAN run would raise them via the deadline.
+    return RoundConfig(
+        target_samples=cfg.effective_target,
+        deadline_s=cfg.deadline_s,
+        group_size=cfg.group_size,
+        join_window_s=1.5,
+        poll_interval_s=1.0,
+        min_poll_interval_s=0.25,
+        publish_interval_s=1.0,
+        group_timeout_s=4.0,
+        final_poll_timeout_s=2.0,
+    )
+
+
+def run_training(cfg: RunConfig) -> dict[str, Any]:
+    host, port = split_addr(cfg.listen)
+    node_cfg = NodeConfig(
+        data_dir=cfg.data_dir,
+        listen_host=host,
+        listen_port=port,
+        bootstrap=[Contact.parse(b) for b in cfg.bootstrap],
+        run=cfg.name,
+        rounds=round_config(cfg),
+        extra_messages=STATE_MESSAGES,
+    )
+    thread = NodeThread(node_cfg)
+    node = thread.start()
+    progress = open(cfg.progress_file, "a") if cfg.progress_file else None  # noqa: SIM115
+    try:
+        _wait_for_peers(thread, cfg)
+        model = cfg.build_model()
+        corpus = load_corpus(cfg)
+        inner = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, weight_decay=0.1)
+        opt = DiLoCo(
+            model, inner, run=cfg.name, node=thread, inner_steps=cfg.inner_steps,
+            outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
+            compression=cfg.compression, allreduce_timeout_s=max(30.0, cfg.deadline_s),
+        )  # fmt: skip
+        first_round = opt.round
+        batches = corpus.batches(
+            "train", cfg.batch_size, cfg.block_size, seed=cfg.seed, shard=(cfg.rank, cfg.world)
+        )
+        t0 = time.monotonic()
+        while opt.round < cfg.rounds:
+            x, y = next(batches)
+            loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
+            done = opt.step(samples=len(x))
+            if progress is not None and (opt.local_steps % 5 == 0 or done is not None):
+                line = {"step": opt.local_steps, "round": opt.round, "loss": float(loss)}
+                progress.write(json.dumps(line) + "\n")
+                progress.flush()
+        ckpt_dir = cfg.data_dir / "checkpoints"
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        final_hash = opt.save_checkpoint(ckpt_dir / f"round{opt.round}.safetensors")
+        result = {
+            "peer_id": str(node.peer_id),
+            "first_round": first_round,
+            "rounds": opt.round,
+            "local_steps": opt.local_steps,
+            "final_model_hash": final_hash,
+            "checkpoint": str(ckpt_dir / f"round{opt.round}.safetensors"),
+            "history": [h.__dict__ for h in opt.history],
+            "bytes_sent": node.transport.bytes_sent,
+            "bytes_received": node.transport.bytes_received,
+            "numel": int(opt.global_flat.numel()),
+            "wall_s": round(time.monotonic() - t0, 2),
+        }
+        if cfg.result_file is not None:
+            tmp = Path(str(cfg.result_file) + ".tmp")
+            tmp.write_text(json.dumps(result))
+            tmp.replace(cfg.result_file)
+        return result
+    finally:
+        if progress is not None:
+            progress.close()
+        thread.stop()
+
+
+async def _alive(node: Node) -> int:
+    return sum(p["state"] == "alive" for p in node.peers())
+
+
+def _wait_for_peers(thread: NodeThread, cfg: RunConfig) -> None:
+    assert thread.node is not None
+    node = thread.node
+    deadline = time.monotonic() + PEER_WAIT_S
+    while time.monotonic() < deadline:
+        if thread.call(_alive(node)) >= cfg.expected_peers - 1:
+            return
+        time.sleep(0.2)
+    log.info("starting with fewer peers than expected")

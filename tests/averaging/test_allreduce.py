@@ -1,0 +1,206 @@
+"""all_reduce over real Transports: the right numbers, identical bits, any group size."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+import torch
+
+from shoal.averaging import AllReduceResult, all_reduce, shard_bounds
+from shoal.compression.int8 import max_abs_error
+from shoal.training.diloco_math import model_hash
+
+from .helpers import close, direct_average, reduce_all, run, swarm, tensors
+
+NUMEL = 1_000_003  # odd: shards of unequal length, int8 chunks that do not divide evenly
+
+
+def results_only(outs: list[AllReduceResult | BaseException]) -> list[AllReduceResult]:
+    for o in outs:
+        if isinstance(o, BaseException):
+            raise o
+    return [o for o in outs if isinstance(o, AllReduceResult)]
+
+
+def test_shard_bounds_tile_the_vector() -> None:
+    assert shard_bounds(10, 4) == [(0, 3), (3, 6), (6, 8), (8, 10)]
+    assert shard_bounds(2, 4) == [(0, 1), (1, 2), (2, 2), (2, 2)]
+    for numel, n in [(NUMEL, 4), (0, 3), (7, 7), (5, 1)]:
+        b = shard_bounds(numel, n)
+        assert b[0][0] == 0 and b[-1][1] == numel
+        assert all(b[i][1] == b[i + 1][0] for i in range(n - 1))
+        sizes = [hi - lo for lo, hi in b]
+        assert max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError):
+        shard_bounds(5, 0)
+
+
+def test_four_peers_fp32_weighted_average_bit_identical() -> None:
+    async def body() -> list[AllReduceResult]:
+        members = await swarm(4)
+        try:
+            xs = tensors(4, NUMEL, seed=1)
+            ws = [1.0, 250.0, 3.5, 40.0]
+            outs = results_only(await reduce_all(members, xs, ws, "run/r0/g0/a0"))
+            expected = direct_average(xs, ws)
+            for r in outs:
+                torch.testing.assert_close(r.average, expected, rtol=1e-5, atol=1e-5)
+                assert r.total_weight == pytest.approx(sum(ws))
+                assert r.contributors == [m.peer_id for m in members]
+                assert r.excluded == {}
+            # Not vacuous: equal weights give something measurably different.
+            assert not torch.allclose(outs[0].average, direct_average(xs, [1.0] * 4), atol=1e-3)
+            # Every member holds the very same bits.
+            assert len({model_hash(r.average) for r in outs}) == 1
+            # Bandwidth-optimal: each peer sends ~2(n-1)/n of the vector, plus headers.
+            vector = 4 * NUMEL
+            for r in outs:
+                assert 1.4 * vector <= r.bytes_sent <= 1.6 * vector, r.bytes_sent
+                assert 1.4 * vector <= r.bytes_received <= 1.6 * vector
+            for m in members:
+                assert not m.bad
+                assert m.router.prefixes == []  # the session unregistered itself
+            return outs
+        finally:
+            await close(members)
+
+    run(body())
+
+
+def test_four_peers_int8_within_stated_bound_and_identical() -> None:
+    """Error bound: each contribution is quantised once (per-chunk absmax/127/2 per
+    value) and the average once more. For weights w_i/W summing to 1 the error is at
+    most sum_i (w_i/W) * e_i + e_avg, with e = absmax/127 * (1/2 + 2^-14) + tiny;
+    bounded here by 2 * max_abs_error(max |x|) per element (+ fp32 rounding)."""
+
+    async def body() -> None:
+        members = await swarm(4)
+        try:
+            xs = tensors(4, NUMEL, seed=2)
+            ws = [5.0, 1.0, 2.0, 3.0]
+            outs = results_only(
+                await reduce_all(members, xs, ws, "run/r0/g0/a0", compression="int8")
+            )
+            expected = direct_average(xs, ws)
+            bound = 2 * float(max_abs_error(float(max(x.abs().max() for x in xs)))) + 1e-5
+            err = (outs[0].average - expected).abs().max().item()
+            assert err <= bound, (err, bound)
+            assert err > 0  # it really was quantised
+            assert len({hashlib.sha256(r.average.numpy().tobytes()).digest() for r in outs}) == 1
+            # int8 moves ~1/4 of the fp32 bytes.
+            assert outs[0].bytes_sent < 0.45 * 4 * NUMEL
+        finally:
+            await close(members)
+
+    run(body())
+
+
+@pytest.mark.parametrize("n", [1, 2, 3])
+def test_small_groups(n: int) -> None:
+    async def body() -> None:
+        members = await swarm(n)
+        try:
+            xs = tensors(n, 10_001, seed=n)
+            ws = [float(i + 1) for i in range(n)]
+            outs = results_only(await reduce_all(members, xs, ws, f"small/{n}"))
+            expected = direct_average(xs, ws)
+            for r in outs:
+                torch.testing.assert_close(r.average, expected, rtol=1e-5, atol=1e-6)
+                assert r.average.data_ptr() != xs[0].data_ptr()
+            assert len({model_hash(r.average) for r in outs}) == 1
+            if n == 1:
+                assert outs[0].bytes_sent == outs[0].bytes_received == 0
+                assert torch.equal(outs[0].average, xs[0])
+        finally:
+            await close(members)
+
+    run(body())
+
+
+def test_fewer_values_than_members() -> None:
+    """Empty shards (numel < n) still complete, through the plain API entry point."""
+
+    async def body() -> None:
+        members = await swarm(4)
+        try:
+            xs = [torch.tensor([float(i), -2.0 * i]) for i in range(4)]
+            group = [m.contact for m in members]
+            import asyncio
+
+            outs = await asyncio.gather(
+                *(
+                    all_reduce(
+                        m.transport,
+                        m.contact,
+                        group,
+                        "tiny",
+                        x,
+                        1.0,
+                        model_version=0,
+                        timeout_s=10,
+                    )
+                    for m, x in zip(members, xs, strict=True)
+                )
+            )
+            for r in outs:
+                assert r.average.tolist() == [1.5, -3.0]
+        finally:
+            await close(members)
+
+    run(body())
+
+
+def test_bad_arguments_are_value_errors() -> None:
+    async def body() -> None:
+        members = await swarm(2)
+        try:
+            a = members[0]
+            group = [m.contact for m in members]
+            x = torch.zeros(10)
+            cases = [
+                dict(group=list(reversed(group))),  # not sorted
+                dict(x=torch.zeros(10, dtype=torch.float64)),
+                dict(x=torch.tensor([1.0, float("nan")])),
+                dict(x=torch.zeros(4, 4)),
+                dict(weight=0.0),
+                dict(weight=float("inf")),
+                dict(compression="fp8"),
+                dict(session="x" * 300),
+                dict(group=[group[1]]),  # me not in group
+            ]
+            for case in cases:
+                with pytest.raises(ValueError):
+                    await all_reduce(
+                        a.router,
+                        a.contact,
+                        case.get("group", group),  # type: ignore[arg-type]
+                        case.get("session", "s"),  # type: ignore[arg-type]
+                        case.get("x", x),  # type: ignore[arg-type]
+                        case.get("weight", 1.0),  # type: ignore[arg-type]
+                        compression=case.get("compression", "none"),  # type: ignore[arg-type]
+                        model_version=0,
+                        timeout_s=5,
+                    )
+        finally:
+            await close(members)
+
+    run(body())
+
+
+def test_result_independent_of_finish_order() -> None:
+    """Same inputs in two sessions give the same bits (fixed summation order)."""
+
+    async def body() -> None:
+        members = await swarm(3)
+        try:
+            xs = tensors(3, 50_001, seed=9)
+            ws = [0.3, 0.3, 0.4]
+            a = results_only(await reduce_all(members, xs, ws, "order/a"))
+            b = results_only(await reduce_all(members, xs, ws, "order/b"))
+            assert np.array_equal(a[0].average.numpy(), b[2].average.numpy())
+        finally:
+            await close(members)
+
+    run(body())
