@@ -17,6 +17,7 @@ restarts from them. Every member of a group ends the round with bit-identical pa
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,13 @@ from shoal.training.state_sync import (
 from shoal.training.swarm_averager import SwarmAverager
 
 log = logging.getLogger(__name__)
+
+# Inner steps between progress updates to the swarm (each is a DHT put at most every
+# publish interval, so this only bounds the cross-thread calls).
+PROGRESS_EVERY = 5
+# A joiner waits at most this long for the swarm's current round to end.
+JOIN_WAIT_S = 180.0
+JOIN_POLL_S = 0.5
 
 
 @dataclass
@@ -88,6 +96,7 @@ class DiLoCo:
             self.outer.momentum_buffer = torch.zeros_like(self.global_flat)
         self.round = 0
         self.local_steps = 0
+        self.round_steps = 0
         self.round_samples = 0
         self.history: list[RoundLog] = []
         assert node.node is not None
@@ -97,6 +106,7 @@ class DiLoCo:
         if join_existing:
             self._sync_from_swarm()
         node.call(self._server.publish(self._snapshot()))
+        self.node_thread.call(self._averager.begin(self.round))
 
     async def _make_server(self) -> StateServer:
         return StateServer(self._node, self.run)
@@ -109,36 +119,34 @@ class DiLoCo:
         self.inner.zero_grad(set_to_none=set_to_none)
 
     def step(self, samples: int = 1) -> RoundLog | None:
-        """One inner step; every ``inner_steps``-th call also runs the outer round."""
+        """One inner step. After ``inner_steps`` of them, or as soon as the swarm has
+        closed the round (it reached its target samples or deadline without waiting
+        for us), this also runs the outer round."""
         self.inner.step()
         self.local_steps += 1
+        self.round_steps += 1
         self.round_samples += samples
-        if self.local_steps % self.inner_steps == 0:
+        if self.round_steps >= self.inner_steps or self._averager.closed(self.round):
             return self.sync()
+        if self.round_steps % PROGRESS_EVERY == 0:
+            # a callback on the node's loop, not a task: nothing to wait for or leak
+            self.node_thread.call_soon(self._averager.report, self.round, self.round_samples)
         return None
 
-    def sync(self) -> RoundLog | None:
-        """Average with the swarm now and apply the outer step.
-
-        If the swarm moved on without us (we missed a round, or averaged alone while
-        the others agree on a different state), adopt the swarm's verified state
-        instead and drop this round's local work: returns None then.
-        """
-        if self._catch_up():
-            return None
+    def sync(self) -> RoundLog:
+        """Average with the swarm now, apply the outer step, and start the next round."""
         local = flatten_params(self.params)
         delta = pseudo_gradient(self.global_flat, local)
         # Error feedback: what int8 loses this round is added to the next round's delta.
         encoded = self.feedback.encode("delta", delta)
         delta_q = get_codec(self.compression).decode(encoded).reshape(-1).contiguous()
         outcome = self.node_thread.call(
-            self._averager.average(self.round, delta_q, max(1, self.round_samples))
+            self._averager.finish(self.round, delta_q, max(1, self.round_samples))
         )
         res = outcome.result
         self.outer.step(self.global_flat, res.average)
         unflatten_into(self.global_flat, self.params)
         self.round += 1
-        self.round_samples = 0
         h = model_hash(self.global_flat)
         entry = RoundLog(
             self.round, h, len(outcome.group.members), outcome.group.total_samples,
@@ -148,7 +156,14 @@ class DiLoCo:
         self.history.append(entry)
         self.node_thread.call(self._server.publish(self._snapshot()))
         log.info("round %d done: hash %s, group of %d", self.round, h[:12], entry.group_size)
+        self._begin_round()
         return entry
+
+    def _begin_round(self) -> None:
+        self._catch_up()
+        self.round_steps = 0
+        self.round_samples = 0
+        self.node_thread.call(self._averager.begin(self.round))
 
     # -- state ---------------------------------------------------------------------
     def _snapshot(self) -> Snapshot:
@@ -159,6 +174,8 @@ class DiLoCo:
         return Snapshot(self.round, data, state_hash(data))
 
     def _catch_up(self) -> bool:
+        """Adopt the swarm's verified state if it moved on without us (we missed a
+        round, or averaged alone while the others agree on another state)."""
         mine = self._server.snapshot
         heads = self.node_thread.call(read_heads(self._node, self.run))
         others = [(r, h) for p, r, h in heads if p != self._node.peer_id]
@@ -170,25 +187,41 @@ class DiLoCo:
         outvoted = bool(votes) and votes.most_common(1)[0][1] >= 2 and mine.state_hash not in votes
         if not (behind or outvoted):
             return False
-        log.warning(
-            "state diverged from the swarm (round %d, swarm at %d); resyncing", self.round, top
-        )
+        log.warning("state diverged from the swarm (round %d, swarm at %d); resyncing", self.round, top)
         size = 2 * 4 * self.global_flat.numel()
-        snap = self.node_thread.call(fetch_state(self._node, self.run, size, wait_s=5.0))
+        try:
+            snap = self.node_thread.call(fetch_state(self._node, self.run, size, wait_s=5.0))
+        except RuntimeError as exc:  # peers gone (run over) or all served bad state
+            log.warning("could not resync: %s", exc)
+            return False
         if snap is None:
             return False
         self._load_snapshot(snap)
-        self.round_samples = 0
         self.node_thread.call(self._server.publish(self._snapshot()))
         return True
 
     def _sync_from_swarm(self) -> None:
-        size = 2 * 4 * self.global_flat.numel()
-        snap = self.node_thread.call(fetch_state(self._node, self.run, size, wait_s=5.0))
-        if snap is None:
+        """A joiner adopts the swarm's state at the next round boundary.
+
+        Joining mid-round would leave us out of groups that formed before our
+        progress was seen, so we wait until the swarm finishes the round it is in,
+        then download that state (hash-checked) and start the next round with it.
+        """
+        heads = self.node_thread.call(read_heads(self._node, self.run))
+        if not heads:
             log.info("no peer has state for run %s yet; starting from this model", self.run)
             return
-        self._load_snapshot(snap)
+        current = max(r for _, r, _ in heads)
+        deadline = time.monotonic() + JOIN_WAIT_S
+        while time.monotonic() < deadline:
+            heads = self.node_thread.call(read_heads(self._node, self.run))
+            if heads and max(r for _, r, _ in heads) > current:
+                break
+            time.sleep(JOIN_POLL_S)
+        size = 2 * 4 * self.global_flat.numel()
+        snap = self.node_thread.call(fetch_state(self._node, self.run, size, wait_s=5.0))
+        if snap is not None:
+            self._load_snapshot(snap)
 
     def _load_snapshot(self, snap: Snapshot) -> None:
         n = self.global_flat.numel()

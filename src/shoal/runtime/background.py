@@ -12,7 +12,7 @@ import asyncio
 import concurrent.futures
 import logging
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from shoal.runtime.node import Node, NodeConfig
@@ -67,6 +67,12 @@ class NodeThread:
             coro.close()
             raise RuntimeError("node thread is not running")
         return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def call_soon(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run the plain function ``fn(*args)`` on the node's loop; do not wait."""
+        if self._loop is None:
+            raise RuntimeError("node thread is not running")
+        self._loop.call_soon_threadsafe(fn, *args)
 
     def stop(self, timeout: float = 15.0) -> None:
         if self._loop is not None and self.node is not None:

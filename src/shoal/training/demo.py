@@ -41,6 +41,7 @@ class DemoConfig:
     batch_size: int = 16
     out: Path = Path("shoal-demo")
     compression: str = "int8"
+    deadline_s: float = 60.0
 
 
 Progress = Callable[[int, dict[str, Any]], None]
@@ -50,7 +51,7 @@ def node_config(cfg: DemoConfig, i: int, bootstrap: list[str]) -> RunConfig:
     d = cfg.out / f"node{i}"
     return RunConfig(
         name="demo", data_dir=d, rounds=cfg.rounds, inner_steps=cfg.inner_steps,
-        expected_peers=cfg.nodes, deadline_s=60.0, compression=cfg.compression,
+        expected_peers=cfg.nodes, deadline_s=cfg.deadline_s, compression=cfg.compression,
         batch_size=cfg.batch_size, rank=i, world=cfg.nodes, bootstrap=bootstrap,
         progress_file=d / "progress.jsonl", result_file=d / "result.json",
     )  # fmt: skip

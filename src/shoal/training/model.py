@@ -133,4 +133,4 @@ def evaluate(model: GPT, data: Corpus, batches: int = 8, batch_size: int = 16) -
 
 def tiny_gpt(**kwargs: int) -> GPT:
     """The demo's model; ``kwargs`` override GPTConfig fields (the run config's model.kwargs)."""
-    return GPT(GPTConfig(**kwargs))  # type: ignore[arg-type]
+    return GPT(GPTConfig(**kwargs))

@@ -87,7 +87,7 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
             loss.backward()
             done = opt.step(samples=len(x))
             if progress is not None and (opt.local_steps % 5 == 0 or done is not None):
-                line = {"step": opt.local_steps, "round": opt.round, "loss": float(loss)}
+                line = {"step": opt.local_steps, "round": opt.round, "loss": loss.item()}
                 progress.write(json.dumps(line) + "\n")
                 progress.flush()
         ckpt_dir = cfg.data_dir / "checkpoints"

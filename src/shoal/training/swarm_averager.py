@@ -1,9 +1,13 @@
-"""One DiLoCo outer round on the swarm: close the round, form a group, all-reduce.
+"""One DiLoCo outer round on the swarm: announce, close, form a group, all-reduce.
 
-Runs on the node's event loop. The round core (rounds/) decides when the round
-closes and who averages with whom; the data plane (averaging/) averages the
-pseudo-gradients weighted by samples. If a member dies mid-all-reduce the group is
-re-formed without it and the all-reduce retried, so the round completes with the rest.
+Runs on the node's event loop. ``begin`` announces the round as soon as this peer
+starts its inner steps, so the swarm counts it; ``report`` updates its samples. The
+round core (rounds/) closes the round when the swarm reaches the target or at the
+deadline; a peer still training when that happens stops early and contributes what
+it has (``closed`` tells the training loop). ``finish`` averages the pseudo-gradient
+over the group with the data plane (averaging/), weighted by the samples the leader
+recorded. If a member dies mid-all-reduce the group is re-formed without it and the
+all-reduce retried, so the round completes with the rest.
 """
 
 from __future__ import annotations
@@ -31,7 +35,6 @@ MAX_ATTEMPTS = 8
 class RoundOutcome:
     result: AllReduceResult
     group: GroupFormed
-    close_reason: str
 
 
 class SwarmAverager:
@@ -42,12 +45,27 @@ class SwarmAverager:
         self.run = run
         self.compression = compression
         self.timeout_s = allreduce_timeout_s
-        self._events: asyncio.Queue[object] = asyncio.Queue()
+        self._groups: dict[int, GroupFormed] = {}
+        self._closed: set[int] = set()
+        self._changed = asyncio.Event()
         node.add_listener(self._on_event)
 
     def _on_event(self, ev: object) -> None:
-        if isinstance(ev, GroupFormed | RoundClosed | GroupFallback):
-            self._events.put_nowait(ev)
+        if isinstance(ev, GroupFormed):
+            old = self._groups.get(ev.round_no)
+            if old is None or ev.attempt >= old.attempt:
+                self._groups[ev.round_no] = ev
+        elif isinstance(ev, RoundClosed):
+            self._closed.add(ev.round_no)
+            log.info(
+                "round %d closed (%s): %d samples, %d participants",
+                ev.round_no, ev.reason, ev.estimated_samples, ev.participants,
+            )  # fmt: skip
+        elif isinstance(ev, GroupFallback):
+            log.warning("round %d: averaging alone (%s)", ev.round_no, ev.reason)
+        else:
+            return
+        self._changed.set()
 
     @property
     def core(self) -> RoundPeer:
@@ -56,23 +74,35 @@ class SwarmAverager:
             raise RuntimeError("the node was not started with a run")
         return core
 
-    async def average(self, round_no: int, delta: torch.Tensor, samples: int) -> RoundOutcome:
+    def closed(self, round_no: int) -> bool:
+        """True once the swarm closed ``round_no`` (safe to poll from another thread)."""
+        return round_no in self._closed
+
+    async def begin(self, round_no: int) -> None:
+        self._groups = {r: g for r, g in self._groups.items() if r >= round_no}
+        self._closed = {r for r in self._closed if r >= round_no}
+        now = time.time()
+        core = self.core
+        self.node.apply(core.from_rounds(now, core.rounds.start_round(now, round_no, round_no)))
+
+    def report(self, round_no: int, samples: int) -> None:
+        core = self.core
+        if core.rounds.round_no == round_no:
+            now = time.time()
+            self.node.apply(core.from_rounds(now, core.rounds.report_progress(now, samples)))
+
+    async def finish(self, round_no: int, delta: torch.Tensor, samples: int) -> RoundOutcome:
         """Average ``delta`` (this peer's pseudo-gradient) over this round's group."""
         core, node = self.core, self.node
-        while not self._events.empty():  # leftovers of an abandoned round
-            self._events.get_nowait()
         now = time.time()
-        acts = core.rounds.start_round(now, round_no, model_version=round_no)
-        acts += core.rounds.report_progress(now, samples)
-        acts += core.rounds.set_ready(now)
+        acts = core.rounds.report_progress(now, samples) + core.rounds.set_ready(now)
         node.apply(core.from_rounds(now, acts))
         deadline = time.monotonic() + core.rounds.config.deadline_s + GROUP_GRACE_S
-        reason = "?"
+        tried: set[int] = set()
         for _ in range(MAX_ATTEMPTS):
-            group = await self._next_group(round_no, deadline)
-            if isinstance(group, str):
-                reason = group
-                continue
+            group = await self._wait_group(round_no, tried, deadline)
+            tried.add(group.attempt)
+            me = next(i for i, m in enumerate(group.members) if m.peer_id == node.peer_id)
             session = f"{self.run}/r{round_no}/a{group.attempt}/{group.leader.short()}"
             try:
                 res = await all_reduce(
@@ -81,7 +111,7 @@ class SwarmAverager:
                     list(group.members),
                     session,
                     delta,
-                    float(samples),
+                    float(max(1, group.member_samples[me])),
                     compression=self.compression,
                     model_version=round_no,
                     timeout_s=self.timeout_s,
@@ -89,26 +119,24 @@ class SwarmAverager:
             except AllReduceFailed as exc:
                 log.warning("round %d all-reduce failed (%s); re-forming", round_no, exc)
                 now = time.time()
-                node.apply(core.from_rounds(now, core.rounds.report_failed(now, round_no, exc.missing)))
+                failed = core.rounds.report_failed(now, round_no, exc.missing)
+                node.apply(core.from_rounds(now, failed))
                 continue
             now = time.time()
             node.apply(core.from_rounds(now, core.rounds.complete_round(now, round_no)))
-            return RoundOutcome(res, group, reason)
+            return RoundOutcome(res, group)
         raise RuntimeError(f"round {round_no}: no successful all-reduce in {MAX_ATTEMPTS} tries")
 
-    async def _next_group(self, round_no: int, deadline: float) -> GroupFormed | str:
+    async def _wait_group(self, round_no: int, tried: set[int], deadline: float) -> GroupFormed:
         while True:
+            g = self._groups.get(round_no)
+            if g is not None and g.attempt not in tried:
+                return g
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"round {round_no}: no group formed in time")
-            ev = await asyncio.wait_for(self._events.get(), left)
-            if isinstance(ev, RoundClosed) and ev.round_no == round_no:
-                log.info(
-                    "round %d closed (%s): %d samples, %d participants",
-                    round_no, ev.reason, ev.estimated_samples, ev.participants,
-                )  # fmt: skip
-                return ev.reason
-            if isinstance(ev, GroupFallback) and ev.round_no == round_no:
-                log.warning("round %d: averaging alone (%s)", round_no, ev.reason)
-            if isinstance(ev, GroupFormed) and ev.round_no == round_no:
-                return ev
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), left)
+            except TimeoutError:
+                continue

@@ -1,0 +1,115 @@
+"""Real `shoal train` processes on loopback: identical models, SIGKILL, late joiner."""
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from shoal.training.demo import (
+    DemoConfig,
+    last_progress,
+    node_config,
+    run_demo,
+    start_node,
+    wait_contact,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def _results(cfgs: list[Any]) -> list[dict[str, Any]]:
+    return [json.loads(c.result_file.read_text()) for c in cfgs]
+
+
+def _hashes_by_round(results: list[dict[str, Any]]) -> dict[int, set[str]]:
+    out: dict[int, set[str]] = {}
+    for r in results:
+        for h in r["history"]:
+            out.setdefault(h["round"], set()).add(h["model_hash"])
+    return out
+
+
+@pytest.fixture
+def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
+    started: list[subprocess.Popen[bytes]] = []
+    yield started
+    for p in started:
+        if p.poll() is None:
+            p.kill()  # by its own PID, via the Popen handle
+        p.wait(timeout=30)
+
+
+def _wait_round(cfg: Any, rnd: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if last_progress(cfg.progress_file).get("round", -1) >= rnd:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{cfg.data_dir} never reached round {rnd}")
+
+
+def _wait_exit(ps: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    for p in ps:
+        assert p.wait(timeout=timeout) == 0
+
+
+def test_four_nodes_identical_model_every_round(tmp_path: Path) -> None:
+    res = run_demo(DemoConfig(nodes=4, rounds=3, inner_steps=8, out=tmp_path, deadline_s=30))
+    assert res["peers"] == 4 and res["rounds"] == 3
+    assert res["model_hashes_equal"] is True
+    assert res["swarm_loss"] < res["initial_loss"]
+    assert 0 < res["bytes_sent"] < res["ddp_equivalent_bytes"]
+
+
+def test_sigkill_mid_round_does_not_stop_the_round(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    demo = DemoConfig(nodes=4, rounds=5, inner_steps=8, out=tmp_path, deadline_s=8)
+    cfgs = [node_config(demo, 0, [])]
+    procs.append(start_node(cfgs[0]))
+    boot = wait_contact(cfgs[0].data_dir, procs[0])
+    for i in range(1, 4):
+        cfgs.append(node_config(demo, i, [boot]))
+        procs.append(start_node(cfgs[i]))
+    _wait_round(cfgs[3], 2, 180)
+    procs[3].send_signal(signal.SIGKILL)
+    procs[3].wait(timeout=10)
+    _wait_exit(procs[:3], 300)
+    results = _results(cfgs[:3])
+    assert all(r["rounds"] == 5 for r in results)
+    by_round = _hashes_by_round(results)
+    assert all(len(by_round[r]) == 1 for r in range(1, 6)), by_round
+    # after the kill the survivors averaged in groups without the dead peer
+    last = [h for h in results[0]["history"] if h["round"] == 5][0]
+    assert last["group_size"] == 3
+
+
+def test_late_joiner_syncs_then_takes_part(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    demo = DemoConfig(nodes=3, rounds=6, inner_steps=8, out=tmp_path, deadline_s=8)
+    cfgs = [node_config(demo, 0, [])]
+    procs.append(start_node(cfgs[0]))
+    boot = wait_contact(cfgs[0].data_dir, procs[0])
+    for i in range(1, 3):
+        cfgs.append(node_config(demo, i, [boot]))
+        procs.append(start_node(cfgs[i]))
+    _wait_round(cfgs[0], 2, 180)
+    late = node_config(DemoConfig(nodes=4, rounds=6, inner_steps=8, out=tmp_path), 3, [boot])
+    late.deadline_s = 8
+    procs.append(start_node(late))
+    _wait_exit(procs, 300)
+    results = _results([*cfgs, late])
+    joiner = results[3]
+    assert joiner["first_round"] >= 2, joiner  # downloaded the state, did not start at 0
+    mine = {h["round"]: h["model_hash"] for h in joiner["history"]}
+    assert mine, "the joiner never took part in a round"
+    by_round = _hashes_by_round(results)
+    for rnd, h in mine.items():
+        assert by_round[rnd] == {h}, (rnd, by_round[rnd])
+    assert any(h["group_size"] == 4 for h in joiner["history"])
