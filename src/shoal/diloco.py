@@ -52,6 +52,8 @@ PROGRESS_EVERY = 5
 # A joiner waits at most this long for the swarm's current round to end.
 JOIN_WAIT_S = 180.0
 JOIN_POLL_S = 0.5
+# After a round, wait this long for the group's heads before checking we agree.
+HEADS_WAIT_S = 3.0
 
 
 @dataclass
@@ -147,7 +149,7 @@ class DiLoCo:
         self.outer.step(self.global_flat, res.average)
         unflatten_into(self.global_flat, self.params)
         self.round += 1
-        h = model_hash(self.global_flat)
+        h = model_hash(self._named_params())
         entry = RoundLog(
             self.round, h, len(outcome.group.members), outcome.group.total_samples,
             res.bytes_sent, res.bytes_received,
@@ -156,11 +158,13 @@ class DiLoCo:
         self.history.append(entry)
         self.node_thread.call(self._server.publish(self._snapshot()))
         log.info("round %d done: hash %s, group of %d", self.round, h[:12], entry.group_size)
-        self._begin_round()
+        self._begin_round(expect=len(outcome.group.members) - 1)
         return entry
 
-    def _begin_round(self) -> None:
-        self._catch_up()
+    def _begin_round(self, expect: int = 0) -> None:
+        self._catch_up(expect)
+        snap = self._server.snapshot
+        log.info("round %d starts from state %s", self.round, snap.state_hash[:12] if snap else "?")
         self.round_steps = 0
         self.round_samples = 0
         self.node_thread.call(self._averager.begin(self.round))
@@ -169,16 +173,26 @@ class DiLoCo:
     def _snapshot(self) -> Snapshot:
         assert self.outer.momentum_buffer is not None
         data = (
-            self.global_flat.numpy().tobytes() + self.outer.momentum_buffer.contiguous().numpy().tobytes()
+            self.global_flat.numpy().tobytes()
+            + self.outer.momentum_buffer.contiguous().numpy().tobytes()
         )
         return Snapshot(self.round, data, state_hash(data))
 
-    def _catch_up(self) -> bool:
+    def _catch_up(self, expect: int = 0) -> bool:
         """Adopt the swarm's verified state if it moved on without us (we missed a
-        round, or averaged alone while the others agree on another state)."""
+        round, or averaged alone while the others agree on another state).
+
+        ``expect``: peers (besides us) that should publish a head for our round soon;
+        we wait up to HEADS_WAIT_S for them so the vote is not a race.
+        """
         mine = self._server.snapshot
-        heads = self.node_thread.call(read_heads(self._node, self.run))
-        others = [(r, h) for p, r, h in heads if p != self._node.peer_id]
+        deadline = time.monotonic() + (HEADS_WAIT_S if expect else 0.0)
+        while True:
+            heads = self.node_thread.call(read_heads(self._node, self.run))
+            others = [(r, h) for p, r, h in heads if p != self._node.peer_id]
+            if sum(r >= self.round for r, _ in others) >= expect or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         if not others or mine is None:
             return False
         top = max(r for r, _ in others)
@@ -187,7 +201,9 @@ class DiLoCo:
         outvoted = bool(votes) and votes.most_common(1)[0][1] >= 2 and mine.state_hash not in votes
         if not (behind or outvoted):
             return False
-        log.warning("state diverged from the swarm (round %d, swarm at %d); resyncing", self.round, top)
+        log.warning(
+            "state diverged from the swarm (round %d, swarm at %d); resyncing", self.round, top
+        )
         size = 2 * 4 * self.global_flat.numel()
         try:
             snap = self.node_thread.call(fetch_state(self._node, self.run, size, wait_s=5.0))
@@ -212,7 +228,9 @@ class DiLoCo:
             log.info("no peer has state for run %s yet; starting from this model", self.run)
             return
         current = max(r for _, r, _ in heads)
-        deadline = time.monotonic() + JOIN_WAIT_S
+        # current == 0: the run has not finished a round; take the round-0 state now
+        # (so every peer starts from the same model) and train round 0 with the rest.
+        deadline = time.monotonic() + (JOIN_WAIT_S if current > 0 else 0.0)
         while time.monotonic() < deadline:
             heads = self.node_thread.call(read_heads(self._node, self.run))
             if heads and max(r for _, r, _ in heads) > current:
@@ -252,12 +270,61 @@ class DiLoCo:
     def save_checkpoint(self, path: str | Path) -> str:
         """Write the global model + outer momentum as safetensors; returns the model hash."""
         unflatten_into(self.global_flat, self.params)
-        named = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+        named = self._named_params()
         return save_checkpoint(
             path,
             Checkpoint(named, self.round, self.outer.momentum_buffer, {"run": self.run}),
         )
 
+    def _named_params(self) -> dict[str, torch.Tensor]:
+        """The global params by name: what checkpoints store and model hashes cover."""
+        return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}
+
     @staticmethod
     def load_checkpoint(path: str | Path) -> Checkpoint:
         return load_checkpoint(path)
+
+
+def start_node(
+    data_dir: str | Path,
+    *,
+    run: str,
+    target_samples: int,
+    bootstrap: list[str] | tuple[str, ...] = (),
+    listen: str = "127.0.0.1:0",
+    deadline_s: float = 120.0,
+    group_size: int = 16,
+) -> NodeThread:
+    """Start a node for ``run`` in a background thread, ready for ``DiLoCo(node=...)``.
+
+    ``bootstrap`` holds ``PEERID@HOST:PORT`` strings; ``target_samples`` is the swarm
+    total at which a round closes (e.g. peers * inner_steps * batch size).
+    """
+    from shoal.rounds.config import RoundConfig
+    from shoal.runtime.node import NodeConfig
+    from shoal.training.state_sync import STATE_MESSAGES
+    from shoal.wire.contact import Contact, split_addr
+
+    host, port = split_addr(listen)
+    rounds = RoundConfig(
+        target_samples=target_samples,
+        deadline_s=deadline_s,
+        group_size=group_size,
+        join_window_s=2.0,
+        poll_interval_s=2.0,
+        min_poll_interval_s=0.25,
+        publish_interval_s=1.0,
+    )
+    thread = NodeThread(
+        NodeConfig(
+            data_dir=Path(data_dir),
+            listen_host=host,
+            listen_port=port,
+            bootstrap=[Contact.parse(b) for b in bootstrap],
+            run=run,
+            rounds=rounds,
+            extra_messages=STATE_MESSAGES,
+        )
+    )
+    thread.start()
+    return thread

@@ -85,7 +85,7 @@ def test_sigkill_mid_round_does_not_stop_the_round(
     by_round = _hashes_by_round(results)
     assert all(len(by_round[r]) == 1 for r in range(1, 6)), by_round
     # after the kill the survivors averaged in groups without the dead peer
-    last = [h for h in results[0]["history"] if h["round"] == 5][0]
+    last = next(h for h in results[0]["history"] if h["round"] == 5)
     assert last["group_size"] == 3
 
 

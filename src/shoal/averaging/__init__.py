@@ -2,12 +2,11 @@
 
 `bulk_router.py` shares one Transport's bulk handler among consumers by tag prefix;
 `allreduce.py` is the reduce-scatter + all-gather (`stream_format.py` its tags and
-header, `shards.py` who owns which slice); `moshpit.py` forms the groups.
+header, `shards.py` who owns which slice); groups come from `rounds/moshpit.py`.
 """
 
 from shoal.averaging.allreduce import AllReduce, AllReduceFailed, AllReduceResult, all_reduce
 from shoal.averaging.bulk_router import BulkReceiver, BulkRouter
-from shoal.averaging.moshpit import group_of, moshpit_groups
 from shoal.averaging.shards import shard_bounds
 
 __all__ = [
@@ -17,7 +16,5 @@ __all__ = [
     "BulkReceiver",
     "BulkRouter",
     "all_reduce",
-    "group_of",
-    "moshpit_groups",
     "shard_bounds",
 ]

@@ -59,3 +59,28 @@ def sim_dht(
     else:
         for k, v in result.items():
             Console().print(f"[bold]{k}[/]: {v}")
+
+
+@sim_app.command("rounds")
+def sim_rounds(
+    nodes: Annotated[int, typer.Option(help="Simulated peers.")] = 100,
+    seed: Annotated[int, typer.Option(help="RNG seed; the same seed replays exactly.")] = 1,
+    rounds: Annotated[int, typer.Option(help="Outer rounds to run.")] = 3,
+    group_size: Annotated[int, typer.Option(help="Moshpit group size.")] = 16,
+    dead_fraction: Annotated[float, typer.Option(help="Peers that crash mid-round 0.")] = 0.05,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """DiLoCo outer rounds (round core + DHT + SWIM) with a cost-modelled data plane."""
+    from shoal.sim.rounds_scenario import RoundsScenarioConfig, run_rounds_scenario
+
+    if nodes < 2 or rounds < 1 or group_size < 1:
+        raise typer.BadParameter("need --nodes >= 2, --rounds >= 1, --group-size >= 1")
+    cfg = RoundsScenarioConfig(
+        nodes=nodes, seed=seed, rounds=rounds, group_size=group_size, dead_fraction=dead_fraction
+    )
+    result = run_rounds_scenario(cfg)
+    if as_json:
+        sys.stdout.write(json.dumps(result) + "\n")
+    else:
+        for k, v in result.items():
+            Console().print(f"[bold]{k}[/]: {v}")

@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shoal.averaging.bulk_router import BulkRouter
 from shoal.dht.core import DhtConfig
 from shoal.dht.records import SignedRecord
 from shoal.effects import Action, Emit, Send, SetTimer
 from shoal.identity import Identity, PeerId
 from shoal.membership.config import SwimConfig
 from shoal.membership.events import MemberAlive, MemberDead, MemberJoined, MemberSuspect
-from shoal.averaging.bulk_router import BulkRouter
 from shoal.peer.core import PeerCore, UnroutableMessage, peer_codec
 from shoal.peer.round_peer import RoundPeer
 from shoal.rounds.config import RoundConfig

@@ -28,101 +28,24 @@ from dataclasses import asdict, dataclass
 from typing import IO, Any
 
 from shoal.dht.core import DhtConfig
-from shoal.dht.events import GetDone, PutDone
-from shoal.dht.records import SignedRecord
 from shoal.effects import Action, Emit, SetTimer
 from shoal.identity import Identity, PeerId
 from shoal.membership.config import SwimConfig
-from shoal.peer.core import PeerCore, peer_codec
+from shoal.peer.round_peer import RoundPeer, rounds_codec
 from shoal.rounds import (
-    ROUND_MESSAGES,
-    DhtGetRequest,
-    DhtPutRequest,
     GroupFallback,
     GroupFormed,
     Phase,
     RoundClosed,
     RoundConfig,
-    RoundCore,
     RoundDone,
 )
 from shoal.sim.engine import Simulator, sim_addr
 from shoal.sim.network import NetworkModel
-from shoal.wire.codec import Codec, Message
+from shoal.wire.codec import Message
 from shoal.wire.contact import Contact
 
 Progress = Callable[[str, int, int], None]
-
-
-def rounds_codec() -> Codec:
-    codec = peer_codec()
-    for t in ROUND_MESSAGES:
-        codec.register(t)
-    return codec
-
-
-class RoundPeer(PeerCore):
-    """A PeerCore with a RoundCore: ``round.*`` messages and ``round/`` timers go to
-    the round core; its DHT requests become signed puts and verified gets."""
-
-    def __init__(
-        self,
-        me: Contact,
-        identity: Identity,
-        rng: random.Random,
-        run: str,
-        round_config: RoundConfig,
-        dht_config: DhtConfig | None = None,
-        swim_config: SwimConfig | None = None,
-    ) -> None:
-        super().__init__(me, rng, dht_config, swim_config)
-        self.identity = identity
-        self.rounds = RoundCore(me, run, round_config, random.Random(rng.getrandbits(64)))
-        self._seq: dict[bytes, int] = {}
-        self._gets: dict[int, str] = {}
-
-    def on_message(self, now: float, sender: Contact, msg: Message) -> list[Action]:
-        if msg.protocol == "round":
-            return self.from_rounds(now, self.rounds.on_message(now, sender, msg))
-        return super().on_message(now, sender, msg)
-
-    def on_timer(self, now: float, name: str) -> list[Action]:
-        core, _, inner = name.partition("/")
-        if core == "round":
-            return self.from_rounds(now, self.rounds.on_timer(now, inner))
-        return super().on_timer(now, name)
-
-    def from_rounds(self, now: float, actions: list[Action]) -> list[Action]:
-        out: list[Action] = []
-        for a in actions:
-            if isinstance(a, SetTimer):
-                out.append(SetTimer("round/" + a.name, a.at))
-            elif isinstance(a, Emit) and isinstance(a.event, DhtPutRequest):
-                req = a.event
-                seq = self._seq.get(req.key, 0) + 1
-                self._seq[req.key] = seq
-                rec = SignedRecord.create(self.identity, req.key, req.value, seq, now + req.ttl_s)
-                _, acts = self.dht.put(now, rec)
-                out += self._from_dht(now, acts)
-            elif isinstance(a, Emit) and isinstance(a.event, DhtGetRequest):
-                op, acts = self.dht.get(now, a.event.key)
-                self._gets[op] = a.event.tag  # before the actions: GetDone may be among them
-                out += self._from_dht(now, acts)
-            else:
-                out.append(a)
-        return out
-
-    def _from_dht(self, now: float, actions: list[Action]) -> list[Action]:
-        out: list[Action] = []
-        for a in super()._from_dht(now, actions):
-            ev = a.event if isinstance(a, Emit) else None
-            if isinstance(ev, GetDone) and ev.op_id in self._gets:
-                tag = self._gets.pop(ev.op_id)
-                recs = [(r.publisher, r.value) for r in ev.records]
-                out += self.from_rounds(now, self.rounds.on_dht_records(now, tag, recs))
-            elif not isinstance(ev, PutDone):
-                out.append(a)
-        return out
 
 
 @dataclass(slots=True)

@@ -141,9 +141,10 @@ def summarize(
     for r in results:
         for h in r["history"]:
             by_round.setdefault(h["round"], set()).add(h["model_hash"])
-    hashes_equal = all(len(v) == 1 for v in by_round.values()) and len(
-        {r["final_model_hash"] for r in results}
-    ) == 1
+    hashes_equal = (
+        all(len(v) == 1 for v in by_round.values())
+        and len({r["final_model_hash"] for r in results}) == 1
+    )
     corpus = load_corpus(c0)
     ckpt = load_checkpoint(results[0]["checkpoint"])
     model = GPT(GPTConfig())
@@ -175,4 +176,3 @@ def summarize(
         "checkpoint": results[0]["checkpoint"],
         "out": str(cfg.out),
     }
-

@@ -1,36 +1,36 @@
 """A training run described in TOML, for ``shoal train --config run.toml``.
 
-    [run]
-    name = "my-run"          # peers with the same name train together
-    rounds = 10              # outer rounds this node takes part in
-    inner_steps = 50         # H: local steps per round
-    target_samples = 0       # close a round at this many swarm samples (0: expected_peers*H*batch)
-    expected_peers = 4
-    deadline_s = 120.0       # ...or this long after this peer reached the round's end
-    group_size = 16          # Moshpit group size
-    compression = "int8"     # "none" or "int8"
-    seed = 0                 # same seed -> same initial model on every peer
+[run]
+name = "my-run"          # peers with the same name train together
+rounds = 10              # outer rounds this node takes part in
+inner_steps = 50         # H: local steps per round
+target_samples = 0       # close a round at this many swarm samples (0: expected_peers*H*batch)
+expected_peers = 4
+deadline_s = 120.0       # ...or this long after this peer reached the round's end
+group_size = 16          # Moshpit group size
+compression = "int8"     # "none" or "int8"
+seed = 0                 # same seed -> same initial model on every peer
 
-    [model]
-    factory = "shoal.training.model:tiny_gpt"   # importable "module:callable" -> nn.Module
-    kwargs = {}                                 # model(x, y) must return the loss
+[model]
+factory = "shoal.training.model:tiny_gpt"   # importable "module:callable" -> nn.Module
+kwargs = {}                                 # model(x, y) must return the loss
 
-    [data]
-    path = "stdlib"          # or a local text file / directory
-    batch_size = 16
-    block_size = 64
-    rank = 0                 # this peer's shard of the training split
-    world = 1
+[data]
+path = "stdlib"          # or a local text file / directory
+batch_size = 16
+block_size = 64
+rank = 0                 # this peer's shard of the training split
+world = 1
 
-    [optim]
-    inner_lr = 0.003
-    outer_lr = 0.7
-    outer_momentum = 0.9
+[optim]
+inner_lr = 0.003
+outer_lr = 0.7
+outer_momentum = 0.9
 
-    [node]
-    data_dir = "/var/lib/shoal/n0"
-    listen = "127.0.0.1:0"
-    bootstrap = ["sh1...@127.0.0.1:7000"]
+[node]
+data_dir = "/var/lib/shoal/n0"
+listen = "127.0.0.1:0"
+bootstrap = ["sh1...@127.0.0.1:7000"]
 """
 
 from __future__ import annotations
@@ -83,7 +83,9 @@ class RunConfig:
     def build_model(self) -> torch.nn.Module:
         mod_name, sep, attr = self.model_factory.partition(":")
         if not sep:
-            raise ConfigError(f"model.factory must be 'module:callable', got {self.model_factory!r}")
+            raise ConfigError(
+                f"model.factory must be 'module:callable', got {self.model_factory!r}"
+            )
         try:
             factory = getattr(importlib.import_module(mod_name), attr)
         except (ImportError, AttributeError) as exc:

@@ -167,7 +167,7 @@ async def fetch_state(node: Node, run: str, size: int, wait_s: float = 60.0) -> 
         node.router.register(prefix, rx)
         try:
             await node.send(Contact(pid, addr), StateRequest(nonce))
-            rnd, h, data = await asyncio.wait_for(rx.done, FETCH_TIMEOUT_S)
+            rnd, _, data = await asyncio.wait_for(rx.done, FETCH_TIMEOUT_S)
         except (TimeoutError, OSError, Exception) as exc:  # try the next publisher
             log.warning("state fetch from %s failed: %s", pid.short(), exc)
             continue

@@ -1,0 +1,94 @@
+"""The Python API as a user would use it: two peers in one process, own torch model."""
+
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+import shoal
+from shoal.diloco import DiLoCo
+from shoal.training.checkpoint import CheckpointError, load_checkpoint
+
+
+class Regression(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin = torch.nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(self.lin(x), y)
+
+
+def _train(
+    opt: DiLoCo, model: Regression, seed: int, steps: int, errors: list[BaseException]
+) -> None:
+    try:
+        g = torch.Generator().manual_seed(seed)
+        w = torch.arange(8, dtype=torch.float32).reshape(8, 1)
+        for _ in range(steps):
+            x = torch.randn(16, 8, generator=g)
+            loss = model(x, x @ w)
+            opt.zero_grad()
+            loss.backward()
+            opt.step(samples=16)
+    except BaseException as exc:
+        errors.append(exc)
+
+
+@pytest.mark.slow
+def test_two_peers_in_one_process_end_rounds_identical(tmp_path: Path) -> None:
+    a = shoal.start_node(tmp_path / "a", run="api", target_samples=2 * 10 * 16, deadline_s=20)
+    try:
+        boot = str(a.node.contact)  # type: ignore[union-attr]
+        b = shoal.start_node(
+            tmp_path / "b", run="api", target_samples=2 * 10 * 16, deadline_s=20, bootstrap=[boot]
+        )
+        try:
+            ma, mb = Regression(), Regression()
+            oa = shoal.DiLoCo(ma, torch.optim.SGD(ma.parameters(), lr=0.01), run="api", node=a,
+                              inner_steps=10, compression="none", join_existing=False)  # fmt: skip
+            ob = shoal.DiLoCo(mb, torch.optim.SGD(mb.parameters(), lr=0.01), run="api", node=b,
+                              inner_steps=10, compression="none", join_existing=False)  # fmt: skip
+            errors: list[BaseException] = []
+            ts = [
+                threading.Thread(target=_train, args=(oa, ma, 1, 30, errors)),
+                threading.Thread(target=_train, args=(ob, mb, 2, 30, errors)),
+            ]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(120)
+            assert not errors, errors
+            assert [h.round for h in oa.history] == [1, 2, 3]
+            assert [h.model_hash for h in oa.history] == [h.model_hash for h in ob.history]
+            assert all(h.group_size == 2 for h in oa.history)
+            # the two peers saw different data, yet hold bit-identical params
+            assert torch.equal(oa.global_flat, ob.global_flat)
+
+            path = tmp_path / "ckpt.safetensors"
+            h = oa.save_checkpoint(path)
+            assert h == oa.history[-1].model_hash
+            ck = load_checkpoint(path, expected_model_hash=h)
+            assert ck.round == 3
+            raw = bytearray(path.read_bytes())
+            raw[-5] ^= 0xFF
+            path.write_bytes(bytes(raw))
+            with pytest.raises(CheckpointError):
+                load_checkpoint(path)
+
+            state = oa.state_dict()
+            oa.global_flat.zero_()
+            oa.load_state_dict(state)
+            assert torch.equal(oa.global_flat, ob.global_flat)
+        finally:
+            b.stop()
+    finally:
+        a.stop()
+
+
+def test_inner_steps_must_be_positive() -> None:
+    with pytest.raises(ValueError, match="inner_steps"):
+        DiLoCo(Regression(), torch.optim.SGD(Regression().parameters(), lr=0.1), run="x",
+               node=None, inner_steps=0)  # type: ignore[arg-type]  # fmt: skip
