@@ -1,0 +1,73 @@
+"""`shoal train --config`: the TOML a user writes, and its error paths."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from shoal.training.run_config import ConfigError, dump_run_config, load_run_config
+
+GOOD = """
+[run]
+name = "r"
+rounds = 2
+compression = "none"
+[model]
+factory = "shoal.training.model:tiny_gpt"
+kwargs = {n_layer = 1, n_embd = 32, n_head = 2}
+[data]
+path = "stdlib"
+batch_size = 4
+[node]
+data_dir = "{d}"
+"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "run.toml"
+    p.write_text(text.replace("{d}", str(tmp_path / "n")))
+    return p
+
+
+def test_good_config_round_trips_and_builds_the_model(tmp_path: Path) -> None:
+    cfg = load_run_config(_write(tmp_path, GOOD))
+    assert cfg.name == "r" and cfg.rounds == 2 and cfg.compression == "none"
+    model = cfg.build_model()
+    assert sum(p.numel() for p in model.parameters()) > 0
+    again = load_run_config(_write(tmp_path, dump_run_config(cfg)))
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (("[run]", "[runn]"), "unknown section"),
+        (("rounds = 2", "roundz = 2"), "unknown key run.roundz"),
+        (('compression = "none"', 'compression = "zip"'), "compression"),
+        (("rounds = 2", "rounds = 0"), "rounds must be >= 1"),
+        (('name = "r"\n', ""), "missing name"),
+        (("batch_size = 4", "batch_size = 4\nrank = 3"), "rank"),
+        (("[data]", "[data"), "cannot read"),
+    ],
+)
+def test_bad_configs_get_clear_errors(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_run_config(_write(tmp_path, GOOD.replace(*edit)))
+
+
+def test_bad_model_factory(tmp_path: Path) -> None:
+    cfg = load_run_config(_write(tmp_path, GOOD.replace("model:tiny_gpt", "model:nope")))
+    with pytest.raises(ConfigError, match="cannot import model factory"):
+        cfg.build_model()
+
+
+def test_cli_exits_2_on_bad_config_without_joining(tmp_path: Path) -> None:
+    p = _write(tmp_path, GOOD.replace("tiny_gpt", "missing_factory"))
+    out = subprocess.run(
+        [sys.executable, "-m", "shoal.cli.main", "train", "--config", str(p)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "cannot import model factory" in out.stderr
+    assert not (tmp_path / "n" / "node.key").exists()
