@@ -34,6 +34,11 @@ out = Console()
 err = Console(stderr=True)
 
 DataDir = Annotated[Path, typer.Option("--data-dir", help="The node's data directory.")]
+HealthListen = Annotated[
+    str | None, typer.Option(help="HOST:PORT to serve /healthz, /readyz and /metrics on.")
+]
+Profile = Annotated[str, typer.Option(help="'default', or 'edge': memory cap, small batches.")]
+MemoryMb = Annotated[int | None, typer.Option(help="Edge profile's memory cap in MiB.")]
 
 
 def _setup_logging(level: str) -> None:
@@ -55,11 +60,22 @@ def node_start(
         list[str] | None, typer.Option(help="PEERID@HOST:PORT of a known peer; repeatable.")
     ] = None,
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
+    health_listen: HealthListen = None,
+    profile: Profile = "default",
+    memory_mb: MemoryMb = None,
+    serve_model: Annotated[
+        Path | None, typer.Option(help="Inference only: serve the newest verified checkpoint here.")
+    ] = None,
+    serve_listen: Annotated[str, typer.Option(help="HOST:PORT for POST /predict.")] = (
+        "127.0.0.1:8081"
+    ),
 ) -> None:
     """Join the swarm and log membership changes until stopped (SIGINT/SIGTERM)."""
+    from shoal.cli.node_cmd import choose_profile, run_node
     from shoal.runtime.node import Node, NodeConfig
 
     _setup_logging(log_level)
+    choose_profile(profile, memory_mb)
     try:
         host, port = split_addr(listen)
         boots = [Contact.parse(b) for b in bootstrap or []]
@@ -78,7 +94,9 @@ def node_start(
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, node.stop)
-        await node.run()
+        await run_node(
+            node, health_listen=health_listen, serve_model=serve_model, serve_listen=serve_listen
+        )
 
     try:
         asyncio.run(main())
@@ -153,19 +171,29 @@ def train(
     config: Annotated[Path, typer.Option("--config", help="The run's TOML file.")],
     log_level: Annotated[str, typer.Option(help="DEBUG, INFO, WARNING.")] = "INFO",
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    health_listen: HealthListen = None,
+    profile: Profile = "default",
+    memory_mb: MemoryMb = None,
+    listen: Annotated[str | None, typer.Option(help="Override [node] listen.")] = None,
+    rank: Annotated[int | None, typer.Option(help="Override [data] rank (pod ordinal).")] = None,
 ) -> None:
     """Join a training run described by a TOML config and train with the swarm."""
+    from shoal.cli.node_cmd import choose_profile, edge_run_config, override_run_config
     from shoal.training.run_config import ConfigError, load_run_config
     from shoal.training.runner import run_training
 
     _setup_logging(log_level)
+    edge = choose_profile(profile, memory_mb)
     try:
         cfg = load_run_config(config)
+        override_run_config(cfg, listen=listen, rank=rank)
         cfg.build_model()  # fail fast on a bad factory, before joining the swarm
     except ConfigError as exc:
         err.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
-    result = run_training(cfg)
+    if edge is not None:
+        edge_run_config(cfg, edge)
+    result = run_training(cfg, health_listen=health_listen)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

@@ -20,6 +20,7 @@ import torch
 from shoal.diloco import DiLoCo
 from shoal.rounds.config import RoundConfig
 from shoal.runtime.background import NodeThread
+from shoal.runtime.health import HealthServer, Readiness, start_in_thread
 from shoal.runtime.node import Node, NodeConfig
 from shoal.training.data import Corpus, stdlib_corpus, text_corpus
 from shoal.training.run_config import RunConfig
@@ -51,7 +52,7 @@ def round_config(cfg: RunConfig) -> RoundConfig:
     )
 
 
-def run_training(cfg: RunConfig) -> dict[str, Any]:
+def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, Any]:
     host, port = split_addr(cfg.listen)
     node_cfg = NodeConfig(
         data_dir=cfg.data_dir,
@@ -64,9 +65,15 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
     )
     thread = NodeThread(node_cfg)
     node = thread.start()
+    # /readyz stays 503 until the node has peers and the run's state (see health.py).
+    readiness = Readiness("joining")
+    health: HealthServer | None = None
     progress = open(cfg.progress_file, "a") if cfg.progress_file else None  # noqa: SIM115
     try:
+        if health_listen is not None:
+            health = start_in_thread(thread, readiness, health_listen)
         _wait_for_peers(thread, cfg)
+        readiness.set(False, "syncing")
         model = cfg.build_model()
         corpus = load_corpus(cfg)
         inner = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, weight_decay=0.1)
@@ -76,6 +83,7 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
             compression=cfg.compression, allreduce_timeout_s=max(30.0, cfg.deadline_s),
         )  # fmt: skip
         first_round = opt.round
+        readiness.set(True, "training", round=opt.round)
         batches = corpus.batches(
             "train", cfg.batch_size, cfg.block_size, seed=cfg.seed, shard=(cfg.rank, cfg.world)
         )
@@ -86,6 +94,8 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
             opt.zero_grad()
             loss.backward()
             done = opt.step(samples=len(x))
+            if done is not None:
+                readiness.set(True, "training", round=opt.round)
             if progress is not None and (opt.local_steps % 5 == 0 or done is not None):
                 line = {"step": opt.local_steps, "round": opt.round, "loss": loss.item()}
                 progress.write(json.dumps(line) + "\n")
@@ -114,6 +124,8 @@ def run_training(cfg: RunConfig) -> dict[str, Any]:
     finally:
         if progress is not None:
             progress.close()
+        if health is not None:
+            health.close_in(thread)
         thread.stop()
 
 

@@ -1,0 +1,183 @@
+"""Inference-only serving of the latest verified model (the edge profile's mode).
+
+The node watches a checkpoint directory (where ``shoal train`` writes, or a volume a
+training pod shares) and serves the newest checkpoint that passes verification:
+every candidate is ordered by the round in its metadata, then fully loaded with
+``load_checkpoint``, which checks the checkpoint hash and the model hash. A corrupt or
+tampered file is skipped with a warning and the previous model keeps serving.
+
+``POST /predict`` with ``{"prompt": "...", "tokens": N}`` returns the greedy
+continuation of the prompt and the top next-token candidates, plus the round and
+model hash that produced them. The model is the byte-level LM of the run (the
+factory's ``model(idx)`` returns logits), so prompts are UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+from shoal.runtime.http import HttpError, Request, Response
+from shoal.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+
+log = logging.getLogger(__name__)
+
+# Generated tokens per request: enough for a completion, bounded so one request
+# cannot keep a small device busy for minutes.
+MAX_NEW_TOKENS = 256
+MAX_PROMPT_BYTES = 4096
+TOP_K = 5
+# How often the directory is rescanned for a newer checkpoint.
+RELOAD_INTERVAL_S = 5.0
+CHECKPOINT_SUFFIX = ".safetensors"
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    path: Path
+    round: int
+    model_hash: str
+    model: torch.nn.Module
+
+
+def _claimed_round(path: Path) -> int:
+    """The round a checkpoint's metadata claims (cheap: reads the header only)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int((f.metadata() or {}).get("round", -1))
+    except (SafetensorError, OSError, ValueError, UnicodeDecodeError):
+        return -1
+
+
+def latest_verified(directory: Path) -> tuple[Path, Checkpoint] | None:
+    """The highest-round checkpoint in ``directory`` that verifies, or None."""
+    try:
+        files = [p for p in directory.iterdir() if p.name.endswith(CHECKPOINT_SUFFIX)]
+    except OSError as exc:
+        log.warning("cannot list %s: %s", directory, exc)
+        return None
+    for path in sorted(files, key=lambda p: (_claimed_round(p), p.name), reverse=True):
+        try:
+            return path, load_checkpoint(path)
+        except CheckpointError as exc:
+            log.warning("skipping unverified checkpoint: %s", exc)
+    return None
+
+
+class ModelServer:
+    """Holds the served model; ``refresh`` swaps in a newer verified one."""
+
+    def __init__(self, directory: Path, factory: Callable[[], torch.nn.Module]) -> None:
+        self.directory = directory
+        self.factory = factory
+        self.served: Served | None = None
+        # One generation at a time: a small device has one core to give.
+        self._busy = asyncio.Lock()
+
+    def refresh(self) -> bool:
+        """Load the newest verified checkpoint if it is newer than the served one."""
+        found = latest_verified(self.directory)
+        if found is None:
+            return False
+        path, ckpt = found
+        cur = self.served
+        if cur is not None and (ckpt.round, ckpt.model_hash) == (cur.round, cur.model_hash):
+            return False
+        if cur is not None and ckpt.round < cur.round:
+            return False
+        model = self.factory()
+        missing, unexpected = model.load_state_dict(ckpt.params, strict=False)
+        # Tied weights appear once in the checkpoint; anything else missing is a mismatch.
+        real_missing = [k for k in missing if not _is_tied(model, k)]
+        if real_missing or unexpected:
+            log.warning(
+                "%s does not fit the model (missing %s, unexpected %s)",
+                path,
+                real_missing[:3],
+                unexpected[:3],
+            )
+            return False
+        model.eval()
+        self.served = Served(path, ckpt.round, ckpt.model_hash, model)
+        log.info("serving %s (round %d, model %s)", path.name, ckpt.round, ckpt.model_hash[:12])
+        return True
+
+    async def watch(self) -> None:
+        while True:
+            await asyncio.to_thread(self.refresh)
+            await asyncio.sleep(RELOAD_INTERVAL_S)
+
+    async def handle_predict(self, req: Request) -> Response:
+        if req.method != "POST":
+            return Response.text(405, "POST a JSON body\n")
+        prompt, tokens = _parse_predict(req.body)
+        served = self.served
+        if served is None:
+            return Response.json(503, {"error": f"no verified checkpoint in {self.directory}"})
+        async with self._busy:
+            out = await asyncio.to_thread(generate, served.model, prompt, tokens)
+        return Response.json(200, {**out, "round": served.round, "model_hash": served.model_hash})
+
+    async def handle_model(self, req: Request) -> Response:
+        s = self.served
+        if s is None:
+            return Response.json(503, {"error": "no verified checkpoint yet"})
+        return Response.json(
+            200, {"path": str(s.path), "round": s.round, "model_hash": s.model_hash}
+        )
+
+
+def _is_tied(model: torch.nn.Module, name: str) -> bool:
+    # parameters() dedups tied tensors, named_parameters() reports the first name only.
+    return name not in dict(model.named_parameters())
+
+
+def _parse_predict(body: bytes) -> tuple[bytes, int]:
+    try:
+        obj = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        raise HttpError(400, "body is not JSON") from None
+    if not isinstance(obj, dict):
+        raise HttpError(422, "body must be a JSON object")
+    prompt = obj.get("prompt")
+    tokens = obj.get("tokens", 32)
+    if not isinstance(prompt, str) or not prompt:
+        raise HttpError(422, "prompt must be a non-empty string")
+    raw = prompt.encode()
+    if len(raw) > MAX_PROMPT_BYTES:
+        raise HttpError(413, f"prompt over {MAX_PROMPT_BYTES} bytes")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= MAX_NEW_TOKENS:
+        raise HttpError(422, f"tokens must be an integer in [0, {MAX_NEW_TOKENS}]")
+    return raw, tokens
+
+
+@torch.no_grad()
+def generate(model: torch.nn.Module, prompt: bytes, tokens: int) -> dict[str, Any]:
+    """Greedy byte-level continuation and the top next-byte candidates after the prompt."""
+    block = int(getattr(getattr(model, "cfg", None), "block_size", 64))
+    idx = torch.tensor([list(prompt)], dtype=torch.long)
+    logits = model(idx[:, -block:])[0, -1]
+    probs = torch.softmax(logits.float(), dim=-1)
+    top = torch.topk(probs, TOP_K)
+    candidates = [
+        [bytes([int(i)]).decode("latin-1"), round(float(p), 4)]
+        for p, i in zip(top.values, top.indices, strict=True)
+    ]
+    out: list[int] = []
+    for _ in range(tokens):
+        nxt = int(torch.argmax(logits))
+        out.append(nxt)
+        idx = torch.cat([idx, torch.tensor([[nxt]])], dim=1)
+        logits = model(idx[:, -block:])[0, -1]
+    return {
+        "completion": bytes(out).decode("utf-8", errors="replace"),
+        "next_token_top": candidates,
+    }
