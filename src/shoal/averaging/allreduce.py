@@ -78,6 +78,7 @@ from shoal.averaging.stream_format import (
 from shoal.compression import CompressionError, EncodedTensor, NonFiniteTensorError
 from shoal.compression.int8 import DEFAULT_CHUNK_SIZE, Int8Codec
 from shoal.identity.keys import PeerId
+from shoal.numerics import all_finite
 from shoal.training.diloco_math import NonFiniteUpdateError, UpdateRejected, validate_update
 from shoal.transport import BulkRejected, Transport, TransportClosed, TransportError
 from shoal.wire.contact import Contact
@@ -92,6 +93,8 @@ _BACKOFF_START_S = 0.005
 _BACKOFF_MAX_S = 0.25
 
 Buffer = memoryview | bytes | bytearray
+# A decoded, validated contribution, or None with the exclusion status and reason.
+Checked = tuple[torch.Tensor | None, int, str]
 
 
 class AllReduceFailed(Exception):
@@ -189,7 +192,12 @@ class AllReduce:
         self._shard_payload: list[Buffer] = []
         # member side: averaged shards
         self._result_incoming: dict[int, bytearray] = {}
-        self._result_arrived: dict[int, bytearray] = {}
+        self._result_arrived: dict[int, bytearray] = {}  # left for the driver to decode
+        # Decoding starts as each stream completes, in worker threads, so it overlaps
+        # the other transfers instead of queueing behind the reduce.
+        self._tg: asyncio.TaskGroup | None = None
+        self._checks: dict[int, asyncio.Task[Checked]] = {}  # contribution decodes
+        self._result_decodes: dict[int, asyncio.Task[None]] = {}
         self._headers: dict[int, ResultHeader] = {}
         self._bad_owner: dict[int, str] = {}
         # liveness
@@ -291,7 +299,12 @@ class AllReduce:
         if j != m or j == self._idx:
             log.warning("all-reduce %s: %s sent result shard %d", self._session, self._who(m), j)
             return None
-        if j in self._headers or j in self._result_incoming or j in self._result_arrived:
+        if (
+            j in self._headers
+            or j in self._result_incoming
+            or j in self._result_arrived
+            or j in self._result_decodes
+        ):
             return None
         expected = header_bytes(self._n) + payload_bytes(self._codec, self._shard_len(j))
         if (t.version, t.numel, t.codec) != (self._version, self._numel, self._codec):
@@ -316,11 +329,18 @@ class AllReduce:
             if entry is not None and not self._resolved(m) and not self._reduced:
                 self._arrived[m] = entry
                 self.bytes_received += len(entry[0])
+                if self._tg is not None:
+                    k = self._shard_len(self._idx)
+                    work = asyncio.to_thread(self._check_contribution_sync, entry[0], k)
+                    self._checks[m] = self._tg.create_task(work)
         elif tag.startswith("r/"):
             res = self._result_incoming.pop(m, None)
             if res is not None:
-                self._result_arrived[m] = res
                 self.bytes_received += len(res)
+                if self._tg is not None:
+                    self._result_decodes[m] = self._tg.create_task(self._decode_result(m, res))
+                else:
+                    self._result_arrived[m] = res
         self._changed.set()
 
     def on_failed(self, sender: Contact, tag: str, reason: str) -> None:
@@ -418,6 +438,7 @@ class AllReduce:
                 j not in self._headers
                 and j not in self._result_incoming
                 and (j not in self._result_arrived)
+                and (j not in self._result_decodes)
             ):
                 need.add(j)
             if not self._reduced and not self._resolved(j) and j not in self._incoming:
@@ -468,8 +489,20 @@ class AllReduce:
         enc = EncodedTensor("int8", (values,), payload, chunk_size=DEFAULT_CHUNK_SIZE)
         return self._int8.decode(enc)
 
+    def _check_contribution_sync(self, buf: bytearray, k: int) -> Checked:
+        """Decode and validate one contribution (worker thread): (values, 0, "") or
+        (None, status, reason)."""
+        try:
+            x = self._decode(buf, k)
+            validate_update(x, k, self._version, self._version)
+        except (NonFiniteUpdateError, NonFiniteTensorError) as exc:
+            return None, STATUS_NON_FINITE, f"{type(exc).__name__}: {exc}"
+        except (CompressionError, UpdateRejected) as exc:
+            return None, STATUS_MALFORMED, f"{type(exc).__name__}: {exc}"
+        return x, 0, ""
+
     def _reduce_sync(
-        self, arrived: dict[int, tuple[bytearray, float]]
+        self, arrived: dict[int, tuple[bytearray, float]], checked: dict[int, Checked]
     ) -> tuple[list[tuple[int, int, str]], list[float], float]:
         """Average our shard into ``self._out`` (worker thread). Returns the members
         rejected while decoding, the weight used per member, and the divisor."""
@@ -483,15 +516,11 @@ class AllReduce:
                 x, w = self._flat[lo:hi], self._weight
             elif m in arrived:
                 buf, w = arrived[m]
-                try:
-                    x = self._decode(buf, k)
-                    validate_update(x, k, self._version, self._version)
-                except (NonFiniteUpdateError, NonFiniteTensorError) as exc:
-                    rejected.append((m, STATUS_NON_FINITE, f"{type(exc).__name__}: {exc}"))
+                got, status, reason = checked.get(m) or self._check_contribution_sync(buf, k)
+                if got is None:
+                    rejected.append((m, status, reason))
                     continue
-                except (CompressionError, UpdateRejected) as exc:
-                    rejected.append((m, STATUS_MALFORMED, f"{type(exc).__name__}: {exc}"))
-                    continue
+                x = got
             else:
                 continue
             parts.append((x, w))
@@ -504,7 +533,7 @@ class AllReduce:
             # w / total in float64, one rounding to fp32: as diloco_math.weighted_average.
             torch.mul(x, torch.tensor(w / total, dtype=torch.float32), out=tmp)
             acc.add_(tmp)
-        if not bool(torch.isfinite(acc).all()):
+        if not all_finite(acc):
             raise CompressionError("averaged shard overflowed fp32")
         if self._codec == "none":
             self._shard_payload = [acc.numpy().data] if k else []
@@ -517,8 +546,10 @@ class AllReduce:
     async def _reduce(self) -> float:
         self._reduced = True  # from here on, accept() refuses contributions
         arrived, self._arrived = self._arrived, {}
-        rejected, weights, total = await asyncio.to_thread(self._reduce_sync, arrived)
-        del arrived
+        checks, self._checks = self._checks, {}
+        checked = {m: await t for m, t in checks.items() if m in arrived}
+        rejected, weights, total = await asyncio.to_thread(self._reduce_sync, arrived, checked)
+        del arrived, checked
         for m, status, reason in rejected:
             self._excluded[m] = (status, reason)
             log.warning("all-reduce %s: excluding %s: %s", self._session, self._who(m), reason)
@@ -532,6 +563,16 @@ class AllReduce:
         self._shard_payload.insert(0, header.encode())
         return total
 
+    async def _decode_result(self, j: int, buf: bytearray) -> None:
+        try:
+            self._headers[j] = await asyncio.to_thread(self._decode_result_sync, j, buf)
+        except (ValueError, CompressionError) as exc:
+            self._bad_owner[j] = f"sent an unusable averaged shard: {exc}"
+            log.warning("all-reduce %s: owner %s %s", self._session, self._who(j), exc)
+        finally:
+            self._result_decodes.pop(j, None)
+            self._changed.set()
+
     def _decode_result_sync(self, j: int, buf: bytearray) -> ResultHeader:
         hb = header_bytes(self._n)
         view = memoryview(buf)
@@ -540,7 +581,7 @@ class AllReduce:
             raise ValueError("the owner left its own contribution out")
         lo, hi = self._bounds[j]
         x = self._decode(view[hb:], hi - lo)
-        if not bool(torch.isfinite(x).all()):
+        if not all_finite(x):
             raise ValueError("averaged shard holds NaN/Inf")
         self._out[lo:hi].copy_(x)
         return header
@@ -565,6 +606,7 @@ class AllReduce:
         sends: dict[int, asyncio.Task[None]] = {}
         result_sends: dict[int, asyncio.Task[None]] = {}
         async with asyncio.TaskGroup() as tg:
+            self._tg = tg
             for j in range(self._n):
                 if j != self._idx:
                     sends[j] = tg.create_task(self._contribute(j, deadline))
@@ -587,6 +629,7 @@ class AllReduce:
                     except TimeoutError:
                         pass
             finally:
+                self._tg = None
                 for t in [*sends.values(), *result_sends.values(), prober]:
                     t.cancel()
 

@@ -17,6 +17,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
+from shoal.numerics import all_finite
+
 # Every multi-byte number in a payload is little-endian, whatever the host is.
 FLOAT32_LE = np.dtype("<f4")
 
@@ -70,7 +72,7 @@ def flat_float32(tensor: torch.Tensor) -> npt.NDArray[np.float32]:
     if not tensor.is_floating_point():
         raise CompressionError(f"codecs take floating-point tensors, got {tensor.dtype}")
     flat = tensor.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
-    if not bool(torch.isfinite(flat).all()):
+    if not all_finite(flat):
         bad = int((~torch.isfinite(flat)).sum())
         raise NonFiniteTensorError(f"tensor has {bad} NaN/Inf value(s) of {flat.numel()}")
     if sys.byteorder != "little":  # numpy view below would be big-endian

@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from shoal.compression.codec import Codec, CompressionError, EncodedTensor, NonFiniteTensorError
+from shoal.numerics import all_finite
 
 
 class ErrorFeedback:
@@ -21,7 +22,7 @@ class ErrorFeedback:
     def encode(self, key: str, tensor: torch.Tensor) -> EncodedTensor:
         """Encode `tensor` plus the residual left from the last call with this key."""
         # Checked before the residual is touched, so a bad tensor leaves the state intact.
-        if not tensor.is_floating_point() or not bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point() or not all_finite(tensor):
             raise NonFiniteTensorError(f"update {key!r} is non-float or holds NaN/Inf")
         residual = self._residuals.get(key)
         if residual is not None and residual.shape != tensor.shape:

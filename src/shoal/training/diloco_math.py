@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from shoal.numerics import all_finite
+
 HASH_FORMAT = b"shoal-tensors-v1\n"
 
 
@@ -97,9 +99,9 @@ def validate_update(
         )
     if flat.dtype != torch.float32:
         raise WrongShapeError(f"update of dtype {flat.dtype}; expected torch.float32")
-    finite = torch.isfinite(flat)
-    if not bool(finite.all()):
-        raise NonFiniteUpdateError(f"update holds {int((~finite).sum())} NaN/Inf value(s)")
+    if not all_finite(flat):
+        bad = int((~torch.isfinite(flat)).sum())
+        raise NonFiniteUpdateError(f"update holds {bad} NaN/Inf value(s)")
 
 
 def weighted_average(contributions: Sequence[tuple[torch.Tensor, int]]) -> torch.Tensor:
