@@ -5,14 +5,14 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck unit bench clean deploy-check
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 exactly: a CPU wheel on this machine's disk; other specs pull GBs of CUDA.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,train]'
+	$(PY) -m pip install -q -e '.[test,train,deploy]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,7 +29,11 @@ unit: $(STAMP)
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # pytest exits 5 when it collects nothing; make treats any non-zero as failure.
-test: lint typecheck unit
+test: lint typecheck deploy-check unit
+
+# hadolint, yamllint, kubectl kustomize + kubernetes-validate --strict; all offline.
+deploy-check: $(STAMP)
+	PATH=$(VENV)/bin:$$PATH deploy/check.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_transport.py
