@@ -1,0 +1,95 @@
+"""How a ``ChainLedger`` reaches a chain: the embedded dev chain or JSON-RPC.
+
+Also where a run's deployment is recorded (``<data dir>/ledger/chain.json``: contract
+address, run id, chain id, EVM version), so ``shoal verify`` can find it after the
+nodes that wrote it have exited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from eth_account import Account
+from eth_account.signers.local import LocalAccount
+from web3 import Web3
+from web3.providers.rpc import HTTPProvider
+
+from shoal.ledger.devchain import DevChain
+
+CHAIN_KEY_ENV = "SHOAL_CHAIN_KEY"
+CHAIN_RECORD = Path("ledger") / "chain.json"
+DEVCHAIN_DIR = Path("chain")
+# A JSON-RPC request that takes longer than this means the node is gone.
+RPC_TIMEOUT_S = 30.0
+
+
+class ChainKeyError(ValueError):
+    """No usable signing key for the chain account."""
+
+
+@dataclass(frozen=True)
+class ChainRecord:
+    contract: str
+    run_id: str  # hex
+    chain_id: int
+    evm_version: str
+
+    def save(self, data_dir: Path) -> None:
+        path = data_dir / CHAIN_RECORD
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1) + "\n")
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, data_dir: Path) -> ChainRecord:
+        path = data_dir / CHAIN_RECORD
+        try:
+            doc = json.loads(path.read_text())
+            return cls(str(doc["contract"]), str(doc["run_id"]), int(doc["chain_id"]),
+                       str(doc["evm_version"]))  # fmt: skip
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"no chain record at {path}; was a ledger used here?") from exc
+        except (KeyError, ValueError, TypeError) as exc:
+            raise ValueError(f"chain record {path} is malformed: {exc}") from exc
+
+
+def embedded_web3(data_dir: Path | None) -> tuple[Web3, DevChain]:
+    """The dev chain in this process, persisted under ``data_dir/chain`` (None: memory)."""
+    chain = DevChain(None if data_dir is None else data_dir / DEVCHAIN_DIR)
+    return Web3(chain), chain
+
+
+def rpc_web3(url: str) -> Web3:
+    w3 = Web3(HTTPProvider(url, request_kwargs={"timeout": RPC_TIMEOUT_S}))
+    return w3
+
+
+def load_chain_key(key_file: Path | None = None) -> LocalAccount:
+    """The signing key: from ``key_file`` (hex, mode 0600), else $SHOAL_CHAIN_KEY."""
+    if key_file is not None:
+        mode = key_file.stat().st_mode & 0o077
+        if mode:
+            raise ChainKeyError(f"chain key file {key_file} is readable by others; chmod 600 it")
+        text = key_file.read_text().strip()
+    else:
+        text = os.environ.get(CHAIN_KEY_ENV, "").strip()
+        if not text:
+            raise ChainKeyError(f"no chain key: pass --chain-key FILE or set ${CHAIN_KEY_ENV}")
+    try:
+        acct: LocalAccount = Account.from_key(text)
+    except (ValueError, TypeError) as exc:
+        raise ChainKeyError("the chain key is not a 32-byte hex private key") from exc
+    return acct
+
+
+def write_chain_key(path: Path, key: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, ("0x" + key.hex() + "\n").encode())
+    finally:
+        os.close(fd)
