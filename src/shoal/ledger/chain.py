@@ -241,7 +241,7 @@ class ChainLedger(Ledger):
     # -- reads -----------------------------------------------------------------
     def _view(self, fn: Any) -> Any:
         try:
-            return fn.call()
+            return fn.call({"from": self.account.address})
         except Exception as exc:
             raise LedgerError(f"reading the contract failed: {exc}") from exc
 

@@ -1,0 +1,50 @@
+"""The embedded chain persists to its data dir and reopens with its state intact."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from eth_account import Account
+
+from shoal.ledger.backends import DEVCHAIN_DIR, embedded_web3
+from shoal.ledger.chain import POLICY_ALLOWLIST, ChainLedger, deploy_contract
+from shoal.ledger.devchain import TXLOG_NAME, dev_private_keys
+
+from .helpers import digest, ident
+
+
+def test_reopen_replays_state_and_drops_a_torn_tail(tmp_path: Path) -> None:
+    keys = dev_private_keys()
+    run_id = os.urandom(32)
+    w3, dev = embedded_web3(tmp_path)
+    address = deploy_contract(w3, Account.from_key(keys[0]))
+    owner = ChainLedger(w3, keys[0], address, run_id)
+    owner.create_run(POLICY_ALLOWLIST)
+    owner.allow(owner.account.address)
+    p = ident(1).peer_id
+    owner.register_peer(p)
+    owner.anchor_round(0, digest(1), digest(2), [(p, 7)])
+    nonce = w3.eth.get_transaction_count(owner.account.address)
+    dev.close()
+    # A crash mid-append leaves half a record behind.
+    with open(tmp_path / DEVCHAIN_DIR / TXLOG_NAME, "ab") as f:
+        f.write(b"\x00\x00\x01\x00garbage")
+
+    w3b, dev2 = embedded_web3(tmp_path)
+    again = ChainLedger(w3b, keys[0], address, run_id)
+    assert again.anchor(0) == (digest(1), digest(2), p)
+    assert again.credits(p) == 7 and again.is_admitted(p)
+    assert w3b.eth.get_transaction_count(owner.account.address) == nonce
+    again.anchor_round(1, digest(3), digest(4), [(p, 1)])
+    assert [e.round for e in again.anchor_events()] == [0, 1]
+    dev2.close()
+    w3c, dev3 = embedded_web3(tmp_path)
+    assert ChainLedger(w3c, keys[0], address, run_id).credits(p) == 8
+    dev3.close()
+
+
+def test_memory_only_chain_leaves_no_files(tmp_path: Path) -> None:
+    w3, dev = embedded_web3(None)
+    deploy_contract(w3, Account.from_key(dev_private_keys()[0]))
+    assert dev.path is None and not any(tmp_path.iterdir())
