@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 exactly: a CPU wheel on this machine's disk; other specs pull GBs of CUDA.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,train,deploy]'
+	$(PY) -m pip install -q -e '.[test,train,deploy,ledger]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,7 +25,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
-unit: $(STAMP)
+# Hardhat 2.29.1 (Node 20, from npm): the independent EVM node the ledger suite also runs on.
+HARDHAT := tools/hardhat/node_modules/.installed
+$(HARDHAT): tools/hardhat/package.json tools/hardhat/package-lock.json
+	cd tools/hardhat && npm ci --no-audit --no-fund --loglevel=error
+	touch $(HARDHAT)
+
+unit: $(STAMP) $(HARDHAT)
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # pytest exits 5 when it collects nothing; make treats any non-zero as failure.

@@ -6,6 +6,7 @@ import os
 
 import pytest
 from eth_account import Account
+from eth_typing import HexStr
 
 from shoal.identity.keys import PeerId
 from shoal.ledger.chain import (
@@ -89,7 +90,7 @@ def test_anchor_is_one_transaction_with_credits(chain: ChainUnderTest) -> None:
     block_before = w3.eth.block_number
     tx = ls[1].anchor_round(0, digest(1), digest(2), [(p, 10 + i) for i, p in enumerate(peers)])
     assert w3.eth.get_transaction_count(ls[1].account.address) == before + 1
-    receipt = w3.eth.get_transaction_receipt(tx)
+    receipt = w3.eth.get_transaction_receipt(HexStr(tx))
     assert receipt["gasUsed"] < GAS_ANCHOR_BASE + GAS_ANCHOR_PER_PEER * len(peers)
     assert w3.eth.block_number == block_before + 1
     assert ls[2].anchor(0) == (digest(1), digest(2), peers[1])

@@ -25,7 +25,7 @@ def test_append_chains_and_survives_reopen(tmp_path: Path) -> None:
         assert e1.timestamp_ms == 10
         mode = s._db.execute("PRAGMA journal_mode").fetchone()[0]
         sync = s._db.execute("PRAGMA synchronous").fetchone()[0]
-        assert (mode, sync) == ("wal", 2)  # 2 = FULL
+        assert (mode, sync) == (b"wal", 2)  # 2 = FULL
     with FeedStore(path) as s:
         got = s.entries(A.peer_id)
         assert got == [e0, e1]
@@ -80,7 +80,7 @@ def test_check_feed_names_the_broken_entry(tmp_path: Path) -> None:
     with FeedStore(tmp_path / "a") as s:
         es = [s.append(A, JoinedRun(f"r{i}"), now_ms=i) for i in range(4)]
     check_feed(es)
-    with pytest.raises(FeedError, match="position 1 has seq 2"):
+    with pytest.raises(FeedError, match="#2 found at position 1"):
         check_feed([es[0], es[2], es[1], es[3]])
     tampered = type(es[2])(A.peer_id, 2, es[2].prev_hash, es[2].kind, es[2].timestamp_ms,
                            b"evil", es[2].signature)  # fmt: skip

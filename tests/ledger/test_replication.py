@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from collections import deque
 from pathlib import Path
 
-from shoal.effects import Emit, Send
+from shoal.effects import Emit
 from shoal.identity.keys import Identity
 from shoal.ledger.entry import GENESIS_PREV, Kind, sign_entry
 from shoal.ledger.feed import FeedStore
 from shoal.ledger.limits import MAX_ENTRIES_PER_REPLY
-from shoal.ledger.messages import LEDGER_MESSAGES, LedgerEntries
+from shoal.ledger.messages import LedgerEntries
 from shoal.ledger.payloads import JoinedRun, encode_payload
 from shoal.ledger.replication import (
     EntriesIngested,
@@ -18,38 +17,13 @@ from shoal.ledger.replication import (
     EquivocationDetected,
     ReplicationCore,
 )
-from shoal.wire.codec import Codec
 from shoal.wire.contact import Contact
 
-from .helpers import ident
-
-CODEC = Codec(LEDGER_MESSAGES)
+from .helpers import ident, pump
 
 
 def _contact(i: Identity, port: int) -> Contact:
     return Contact(i.peer_id, f"127.0.0.1:{port}")
-
-
-def pump(cores: dict[Contact, ReplicationCore], rounds: int = 3) -> list[object]:
-    """Gossip heads all-to-all, then deliver every message (through the codec)."""
-    events: list[object] = []
-    for _ in range(rounds):
-        q: deque[tuple[Contact, Contact, bytes]] = deque()
-        for src, core in cores.items():
-            for dst in cores:
-                if dst != src:
-                    q.append((src, dst, CODEC.encode(core.advertise())))
-        steps = 0
-        while q:
-            steps += 1
-            assert steps < 10_000, "replication did not converge"
-            src, dst, data = q.popleft()
-            for act in cores[dst].on_message(src, CODEC.decode(data)):
-                if isinstance(act, Send):
-                    q.append((dst, act.to, CODEC.encode(act.msg)))
-                elif isinstance(act, Emit):
-                    events.append(act.event)
-    return events
 
 
 def test_three_peers_converge_across_many_batches(tmp_path: Path) -> None:

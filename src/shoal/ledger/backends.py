@@ -17,7 +17,8 @@ from eth_account.signers.local import LocalAccount
 from web3 import Web3
 from web3.providers.rpc import HTTPProvider
 
-from shoal.ledger.devchain import DevChain
+from shoal.ledger.chain import ChainLedger
+from shoal.ledger.devchain import DevChain, dev_private_keys
 
 CHAIN_KEY_ENV = "SHOAL_CHAIN_KEY"
 CHAIN_RECORD = Path("ledger") / "chain.json"
@@ -93,3 +94,24 @@ def write_chain_key(path: Path, key: bytes) -> None:
         os.write(fd, ("0x" + key.hex() + "\n").encode())
     finally:
         os.close(fd)
+
+
+def open_run_chain(
+    data_dir: Path, chain_rpc: str | None = None, account: LocalAccount | None = None
+) -> tuple[ChainLedger, DevChain | None]:
+    """The ledger recorded in ``data_dir``: over ``chain_rpc``, else the embedded chain
+    persisted in ``data_dir/chain``. Without ``account`` it can only read."""
+    record = ChainRecord.load(data_dir)
+    dev: DevChain | None = None
+    if chain_rpc is not None:
+        w3 = rpc_web3(chain_rpc)
+        signer = account or Account.create()  # reads need a sender, not funds
+    else:
+        if not (data_dir / DEVCHAIN_DIR / "txlog.bin").exists():
+            raise FileNotFoundError(f"no dev chain in {data_dir / DEVCHAIN_DIR}; use --chain-rpc")
+        w3, dev = embedded_web3(data_dir)
+        # eth-tester charges calls for gas, so reads come from a funded dev account.
+        signer = account or Account.from_key(dev_private_keys()[0])
+    if w3.eth.chain_id != record.chain_id:
+        raise ValueError(f"chain id {w3.eth.chain_id} is not the run's chain {record.chain_id}")
+    return ChainLedger(w3, signer, record.contract, bytes.fromhex(record.run_id)), dev

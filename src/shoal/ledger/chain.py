@@ -139,9 +139,7 @@ class Ledger(ABC):
     def equivocation_events(self, from_block: int = 0) -> list[EquivocationRecord]: ...
 
 
-def deploy_contract(
-    w3: Web3, account: LocalAccount, evm_version: str = DEFAULT_EVM_VERSION
-) -> str:
+def deploy_contract(w3: Web3, account: LocalAccount, evm_version: str = DEFAULT_EVM_VERSION) -> str:
     art = load_artifact(evm_version=evm_version)
     factory = w3.eth.contract(abi=art.abi, bytecode=art.bytecode)
     tx = factory.constructor().build_transaction(
@@ -282,20 +280,28 @@ class ChainLedger(Ledger):
     def anchor_events(self, from_block: int = 0) -> list[AnchorRecord]:
         return [
             AnchorRecord(
-                int(ev.args.round), bytes(ev.args.feeds_root), bytes(ev.args.model_hash),
-                PeerId(bytes(ev.args.submitter)), tuple(PeerId(bytes(p)) for p in ev.args.peers),
-                tuple(int(c) for c in ev.args.credits), int(ev.blockNumber),
+                int(ev.args.round),
+                bytes(ev.args.feeds_root),
+                bytes(ev.args.model_hash),
+                PeerId(bytes(ev.args.submitter)),
+                tuple(PeerId(bytes(p)) for p in ev.args.peers),
+                tuple(int(c) for c in ev.args.credits),
+                int(ev.blockNumber),
                 ev.transactionHash.to_0x_hex(),
-            )  # fmt: skip
+            )
             for ev in self._logs(self.contract.events.RoundAnchored, from_block)
         ]
 
     def equivocation_events(self, from_block: int = 0) -> list[EquivocationRecord]:
         return [
             EquivocationRecord(
-                PeerId(bytes(ev.args.peer)), PeerId(bytes(ev.args.reporter)),
-                int(ev.args.slashed), bytes(ev.args.header_a), bytes(ev.args.sig_a),
-                bytes(ev.args.header_b), bytes(ev.args.sig_b),
-            )  # fmt: skip
+                PeerId(bytes(ev.args.peer)),
+                PeerId(bytes(ev.args.reporter)),
+                int(ev.args.slashed),
+                bytes(ev.args.header_a),
+                bytes(ev.args.sig_a),
+                bytes(ev.args.header_b),
+                bytes(ev.args.sig_b),
+            )
             for ev in self._logs(self.contract.events.EquivocationProven, from_block)
         ]

@@ -113,7 +113,7 @@ class DevChain(EthereumTesterProvider):
     def _index_tx(self, tx_hash: str) -> None:
         receipt = super().make_request(RPCEndpoint("eth_getTransactionReceipt"), [tx_hash])
         for lg in receipt["result"]["logs"]:
-            topics = list(lg["topics"]) + [None, None, None]
+            topics = [*list(lg["topics"]), None, None, None]
             self._index.execute(
                 "INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -139,6 +139,7 @@ class DevChain(EthereumTesterProvider):
         if v is None or v == "earliest":
             return default if default == 0 else 0
         if v in ("latest", "pending", "safe", "finalized"):
+            assert self.ethereum_tester is not None
             return int(self.ethereum_tester.get_block_by_number("latest")["number"])
         return int(v, 16) if isinstance(v, str) else int(v)
 
@@ -154,7 +155,11 @@ class DevChain(EthereumTesterProvider):
             args += [str(a).lower() for a in addrs]
         topics = list(flt.get("topics") or [])
         if any(t is not None for t in topics[3:]):
-            return {"jsonrpc": "2.0", "id": 0, "error": {"code": -32602, "message": "topic3 filters are not indexed"}}
+            return {
+                "jsonrpc": "2.0",
+                "id": 0,
+                "error": {"code": -32602, "message": "topic3 filters are not indexed"},
+            }
         for i, t in enumerate(topics[:3]):
             if t is None:
                 continue

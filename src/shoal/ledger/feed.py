@@ -57,9 +57,18 @@ class Head:
     hash: bytes
 
 
-def _row_entry(row: tuple[bytes, int, bytes, int, int, bytes, bytes]) -> Entry:
+def _row_entry(row: tuple[object, ...]) -> Entry:
     author, seq, prev, kind, ts, payload, sig = row
-    return Entry(PeerId(bytes(author)), seq, bytes(prev), Kind(kind), ts, bytes(payload), sig)
+    if not (
+        isinstance(author, bytes) and len(author) == 32
+        and all(isinstance(v, bytes) for v in (prev, payload, sig))
+        and all(isinstance(v, int) for v in (seq, kind, ts))
+        and kind in Kind._value2member_map_
+    ):  # fmt: skip
+        raise FeedError(f"entry #{seq!r}: a stored column has the wrong type or value")
+    assert isinstance(seq, int) and isinstance(kind, int) and isinstance(ts, int)
+    assert isinstance(prev, bytes) and isinstance(payload, bytes) and isinstance(sig, bytes)
+    return Entry(PeerId(author), seq, prev, Kind(kind), ts, payload, sig)
 
 
 class FeedStore:
@@ -68,6 +77,8 @@ class FeedStore:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per entry.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Columns a tamperer retyped to TEXT still come back as bytes, never a decode crash.
+        self._db.text_factory = bytes
         self._db.execute("PRAGMA journal_mode=WAL")
         # FULL: the WAL is fsynced at every commit, so an acknowledged append is durable.
         self._db.execute("PRAGMA synchronous=FULL")
@@ -119,6 +130,11 @@ class FeedStore:
             (author.raw, start, limit),
         ).fetchall()
         return [_row_entry(r) for r in rows]
+
+    def stored_hashes(self, author: PeerId) -> dict[int, bytes]:
+        """The hash column (an index, not trusted by verifiers: they compare it)."""
+        rows = self._db.execute("SELECT seq, hash FROM entries WHERE author=?", (author.raw,))
+        return {seq: bytes(h) for seq, h in rows}
 
     def authors(self) -> list[PeerId]:
         rows = self._db.execute("SELECT DISTINCT author FROM entries ORDER BY author").fetchall()
@@ -210,7 +226,7 @@ def check_feed(entries: list[Entry]) -> None:
     for i, e in enumerate(entries):
         who = f"{e.author.short()}#{e.seq}"
         if e.seq != i:
-            raise FeedError(f"feed {e.author.short()}: entry at position {i} has seq {e.seq}")
+            raise FeedError(f"entry {who} found at position {i}: entries are missing or reordered")
         if not e.signature_ok():
             raise FeedError(f"entry {who}: signature does not match its content")
         if e.prev_hash != prev:

@@ -15,7 +15,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from eth_abi import encode as abi_encode
+from eth_abi.abi import encode as abi_encode
 from eth_tester.exceptions import TransactionFailed
 from web3.providers.eth_tester.middleware import request_formatters, result_formatters
 from web3.types import RPCEndpoint
@@ -61,12 +61,17 @@ def revert_error(exc: TransactionFailed) -> dict[str, Any]:
 class ChainRpc:
     def __init__(self, chain: DevChain) -> None:
         self.chain = chain
+        assert chain.ethereum_tester is not None
         self.default_from = str(chain.ethereum_tester.get_accounts()[0])
 
     def handle(self, req: Any) -> dict[str, Any]:
         rid = req.get("id") if isinstance(req, dict) else None
         if not isinstance(req, dict) or not isinstance(req.get("method"), str):
-            return {"jsonrpc": "2.0", "id": rid, "error": {"code": -32600, "message": "bad request"}}
+            return {
+                "jsonrpc": "2.0",
+                "id": rid,
+                "error": {"code": -32600, "message": "bad request"},
+            }
         method = RPCEndpoint(req["method"])
         params = req.get("params") or []
         if method in ("eth_call", "eth_estimateGas") and params and isinstance(params[0], dict):
