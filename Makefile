@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean deploy-check
+.PHONY: demo test lint typecheck unit bench clean deploy-check deploy-deps
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,7 +31,7 @@ $(HARDHAT): tools/hardhat/package.json tools/hardhat/package-lock.json
 	cd tools/hardhat && npm ci --no-audit --no-fund --loglevel=error
 	touch $(HARDHAT)
 
-unit: $(STAMP) $(HARDHAT)
+unit: $(STAMP) $(HARDHAT) deploy-deps
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 
 # pytest exits 5 when it collects nothing; make treats any non-zero as failure.
@@ -40,6 +40,10 @@ test: lint typecheck deploy-check unit
 # hadolint, yamllint, kubectl kustomize + kubernetes-validate --strict; all offline.
 deploy-check: $(STAMP)
 	PATH=$(VENV)/bin:$$PATH deploy/check.sh
+
+# docker.io + debootstrap from Debian for the real image test (root only; else it skips).
+deploy-deps:
+	deploy/install-test-deps.sh
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_transport.py

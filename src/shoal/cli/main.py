@@ -180,22 +180,28 @@ def train(
     rank: Annotated[int | None, typer.Option(help="Override [data] rank (pod ordinal).")] = None,
 ) -> None:
     """Join a training run described by a TOML config and train with the swarm."""
-    from shoal.cli.node_cmd import choose_profile, edge_run_config, override_run_config
+    from shoal.cli.node_cmd import (
+        choose_profile,
+        edge_run_config,
+        memory_guard,
+        override_run_config,
+    )
     from shoal.training.run_config import ConfigError, load_run_config
     from shoal.training.runner import run_training
 
     _setup_logging(log_level)
     edge = choose_profile(profile, memory_mb)
-    try:
-        cfg = load_run_config(config)
-        override_run_config(cfg, listen=listen, rank=rank)
-        cfg.build_model()  # fail fast on a bad factory, before joining the swarm
-    except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(2) from None
-    if edge is not None:
-        edge_run_config(cfg, edge)
-    result = run_training(cfg, health_listen=health_listen)
+    with memory_guard(edge, err):
+        try:
+            cfg = load_run_config(config)
+            override_run_config(cfg, listen=listen, rank=rank)
+            cfg.build_model()  # fail fast on a bad factory, before joining the swarm
+        except ConfigError as exc:
+            err.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+        if edge is not None:
+            edge_run_config(cfg, edge)
+        result = run_training(cfg, health_listen=health_listen)
     if as_json:
         sys.stdout.write(json.dumps(result) + "\n")
     else:

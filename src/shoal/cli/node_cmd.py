@@ -12,13 +12,14 @@ import asyncio
 import contextlib
 import importlib
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
+from rich.console import Console
 
-from shoal.runtime.edge import EdgeProfile, ProfileError, apply_edge
+from shoal.runtime.edge import EdgeProfile, ProfileError, address_space_bytes, apply_edge
 from shoal.runtime.health import HealthServer, Readiness, watch_membership
 from shoal.runtime.http import HttpServer
 from shoal.runtime.node import Node
@@ -28,6 +29,10 @@ if TYPE_CHECKING:
 
 PROFILES = ("default", "edge")
 DEFAULT_FACTORY = "shoal.training.model:tiny_gpt"
+# Address space a node needs beyond torch's own mappings (model, batches, threads).
+MIN_HEADROOM_BYTES = 192 * 2**20
+# Kept allocated while training under the edge cap, freed to report running out.
+REPORT_RESERVE_BYTES = 16 * 2**20
 SERVE_FILE = "serve.json"  # where the inference server's bound HOST:PORT is recorded
 
 
@@ -63,7 +68,11 @@ def edge_run_config(cfg: RunConfig, profile: EdgeProfile) -> None:
 
 
 def choose_profile(name: str, memory_mb: int | None) -> EdgeProfile | None:
-    """Validate ``--profile``; for edge, cap this process's memory now (before torch)."""
+    """Validate ``--profile``; for edge, cap this process's memory now.
+
+    torch is imported first, uncapped, so a cap too small for it is reported as a
+    bad value rather than as a failure to print the error.
+    """
     if name not in PROFILES:
         raise typer.BadParameter(f"--profile must be one of {', '.join(PROFILES)}, not {name!r}")
     if name != "edge":
@@ -74,8 +83,35 @@ def choose_profile(name: str, memory_mb: int | None) -> EdgeProfile | None:
         profile = EdgeProfile() if memory_mb is None else EdgeProfile(memory_mb=memory_mb)
     except ProfileError as exc:
         raise typer.BadParameter(str(exc)) from None
+    import torch  # noqa: F401 - the biggest mapping a node makes
+
+    used = address_space_bytes()
+    if used is not None and used + MIN_HEADROOM_BYTES > profile.memory_mb * 2**20:
+        raise typer.BadParameter(
+            f"--memory-mb {profile.memory_mb} leaves no room: torch alone maps "
+            f"{used // 2**20} MiB, and a node needs {MIN_HEADROOM_BYTES // 2**20} MiB more"
+        )
     apply_edge(profile)
     return profile
+
+
+@contextlib.contextmanager
+def memory_guard(profile: EdgeProfile | None, err: Console) -> Iterator[None]:
+    """Under the edge profile, running out of the capped memory is a clear error."""
+    # Ballast: freed on failure so that reporting it (rich, lazy imports) has room.
+    ballast = bytearray(REPORT_RESERVE_BYTES) if profile is not None else None
+    try:
+        yield
+    except (MemoryError, RuntimeError) as exc:
+        oom = isinstance(exc, MemoryError) or "can't allocate memory" in str(exc)
+        if profile is None or not oom:
+            raise
+        del ballast
+        err.print(
+            f"[red]error:[/] out of memory under the edge profile's {profile.memory_mb} MiB "
+            f"cap ({str(exc)[:200]}); raise --memory-mb or shrink the model/batch"
+        )
+        raise typer.Exit(1) from None
 
 
 def load_factory(spec: str) -> Callable[[], object]:

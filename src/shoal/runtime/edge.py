@@ -86,6 +86,17 @@ def cgroup_memory_limit(files: tuple[Path, ...] = CGROUP_LIMIT_FILES) -> int | N
     return None
 
 
+def address_space_bytes() -> int | None:
+    """This process's mapped address space (VmSize), or None off Linux."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmSize:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def apply_edge(profile: EdgeProfile) -> int:
     """Apply the process-wide parts of the profile (the memory cap); returns it in bytes."""
     limit = cap_memory(profile.memory_mb * 2**20)

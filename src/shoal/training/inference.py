@@ -94,7 +94,11 @@ class ModelServer:
         if cur is not None and ckpt.round < cur.round:
             return False
         model = self.factory()
-        missing, unexpected = model.load_state_dict(ckpt.params, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(ckpt.params, strict=False)
+        except RuntimeError as exc:  # shapes differ: another architecture
+            log.warning("%s does not fit the model: %s", path, str(exc)[:300])
+            return False
         # Tied weights appear once in the checkpoint; anything else missing is a mismatch.
         real_missing = [k for k in missing if not _is_tied(model, k)]
         if real_missing or unexpected:
