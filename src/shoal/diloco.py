@@ -19,9 +19,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -43,6 +44,7 @@ from shoal.training.state_sync import (
     state_hash,
 )
 from shoal.training.swarm_averager import SwarmAverager
+from shoal.wire.contact import Contact
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +56,17 @@ JOIN_WAIT_S = 180.0
 JOIN_POLL_S = 0.5
 # After a round, wait this long for the group's heads before checking we agree.
 HEADS_WAIT_S = 3.0
+
+
+class RoundLedger(Protocol):
+    """Optional ledger hook (shoal.ledger.training_hook.LedgerHook): commits each update
+    to this peer's signed feed before it is used, and anchors each round's aggregate."""
+
+    def commit_update(self, round_no: int, delta: bytes, samples: int) -> None: ...
+
+    def anchor_round(
+        self, round_no: int, model_hash: str, members: Sequence[Contact]
+    ) -> str | None: ...
 
 
 @dataclass
@@ -81,12 +94,14 @@ class DiLoCo:
         compression: str = "int8",
         allreduce_timeout_s: float = 60.0,
         join_existing: bool = True,
+        ledger: RoundLedger | None = None,
     ) -> None:
         if inner_steps < 1:
             raise ValueError("inner_steps must be >= 1")
         self.model = model
         self.inner = inner_optimizer
         self.run = run
+        self.ledger = ledger
         self.node_thread = node
         self.inner_steps = inner_steps
         self.outer = OuterOptimizer(lr=outer_lr, momentum=outer_momentum)
@@ -142,6 +157,10 @@ class DiLoCo:
         # Error feedback: what int8 loses this round is added to the next round's delta.
         encoded = self.feedback.encode("delta", delta)
         delta_q = get_codec(self.compression).decode(encoded).reshape(-1).contiguous()
+        if self.ledger is not None:  # in the signed feed before anyone can use it
+            self.ledger.commit_update(
+                self.round, delta_q.numpy().tobytes(), max(1, self.round_samples)
+            )
         outcome = self.node_thread.call(
             self._averager.finish(self.round, delta_q, max(1, self.round_samples))
         )
@@ -150,6 +169,8 @@ class DiLoCo:
         unflatten_into(self.global_flat, self.params)
         self.round += 1
         h = model_hash(self._named_params())
+        if self.ledger is not None:
+            self.ledger.anchor_round(self.round - 1, h, outcome.group.members)
         entry = RoundLog(
             self.round, h, len(outcome.group.members), outcome.group.total_samples,
             res.bytes_sent, res.bytes_received,
@@ -300,6 +321,7 @@ def start_node(
     ``bootstrap`` holds ``PEERID@HOST:PORT`` strings; ``target_samples`` is the swarm
     total at which a round closes (e.g. peers * inner_steps * batch size).
     """
+    from shoal.ledger.messages import LEDGER_MESSAGES
     from shoal.rounds.config import RoundConfig
     from shoal.runtime.node import NodeConfig
     from shoal.training.state_sync import STATE_MESSAGES
@@ -323,7 +345,7 @@ def start_node(
             bootstrap=[Contact.parse(b) for b in bootstrap],
             run=run,
             rounds=rounds,
-            extra_messages=STATE_MESSAGES,
+            extra_messages=STATE_MESSAGES + LEDGER_MESSAGES,
         )
     )
     thread.start()

@@ -62,3 +62,9 @@ def run_training_demo(
         table.add_row(k, v)
     out.print(table)
     out.print(f"final checkpoint: {result['checkpoint']}")
+    if result.get("verify_checkpoint"):
+        out.print(
+            f"ledger: rounds {result['anchored_rounds']} anchored on-chain; overhead "
+            f"{result['ledger_overhead_pct_median']}% of node time (median)"
+        )
+        out.print(f"check it: shoal verify {result['verify_checkpoint']} --data-dir {root}")

@@ -37,6 +37,7 @@ class ChainRecord:
     run_id: str  # hex
     chain_id: int
     evm_version: str
+    rpc_url: str = ""  # where nodes reach the chain (empty: the embedded chain in DIR/chain)
 
     def save(self, data_dir: Path) -> None:
         path = data_dir / CHAIN_RECORD
@@ -50,8 +51,10 @@ class ChainRecord:
         path = data_dir / CHAIN_RECORD
         try:
             doc = json.loads(path.read_text())
-            return cls(str(doc["contract"]), str(doc["run_id"]), int(doc["chain_id"]),
-                       str(doc["evm_version"]))  # fmt: skip
+            return cls(
+                str(doc["contract"]), str(doc["run_id"]), int(doc["chain_id"]),
+                str(doc["evm_version"]), str(doc.get("rpc_url", "")),
+            )  # fmt: skip
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"no chain record at {path}; was a ledger used here?") from exc
         except (KeyError, ValueError, TypeError) as exc:

@@ -13,11 +13,15 @@ pair is stored as a proof and returned.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
+from typing import Any, TypeVar
 
 from shoal.identity.keys import Identity, PeerId
 from shoal.ledger.entry import GENESIS_PREV, Entry, EntryError, Kind, sign_entry
@@ -38,6 +42,21 @@ CREATE TABLE IF NOT EXISTS equivocations (
 """
 
 _COLUMNS = "author, seq, prev, kind, ts, payload, sig"
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _locked(fn: F) -> F:
+    """One connection serves the node loop and the training thread; a transaction
+    must never interleave with another thread's statements."""
+
+    @functools.wraps(fn)
+    def wrapper(self: FeedStore, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class FeedError(ValueError):
@@ -75,6 +94,7 @@ class FeedStore:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, one per entry.
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         # Columns a tamperer retyped to TEXT still come back as bytes, never a decode crash.
@@ -84,6 +104,7 @@ class FeedStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(SCHEMA)
 
+    @_locked
     def close(self) -> None:
         self._db.close()
 
@@ -94,6 +115,7 @@ class FeedStore:
         self.close()
 
     # -- reading ---------------------------------------------------------------
+    @_locked
     def head(self, author: PeerId) -> Head | None:
         row = self._db.execute(
             "SELECT seq, hash FROM entries WHERE author=? ORDER BY seq DESC LIMIT 1",
@@ -101,6 +123,7 @@ class FeedStore:
         ).fetchone()
         return None if row is None else Head(author, row[0], bytes(row[1]))
 
+    @_locked
     def heads(self) -> list[Head]:
         rows = self._db.execute(
             "SELECT author, MAX(seq) FROM entries GROUP BY author ORDER BY author"
@@ -112,18 +135,21 @@ class FeedStore:
             out.append(h)
         return out
 
+    @_locked
     def get(self, author: PeerId, seq: int) -> Entry | None:
         row = self._db.execute(
             f"SELECT {_COLUMNS} FROM entries WHERE author=? AND seq=?", (author.raw, seq)
         ).fetchone()
         return None if row is None else _row_entry(row)
 
+    @_locked
     def by_hash(self, entry_hash: bytes) -> Entry | None:
         row = self._db.execute(
             f"SELECT {_COLUMNS} FROM entries WHERE hash=?", (entry_hash,)
         ).fetchone()
         return None if row is None else _row_entry(row)
 
+    @_locked
     def entries(self, author: PeerId, start: int = 0, limit: int = 2**62) -> list[Entry]:
         rows = self._db.execute(
             f"SELECT {_COLUMNS} FROM entries WHERE author=? AND seq>=? ORDER BY seq LIMIT ?",
@@ -131,19 +157,23 @@ class FeedStore:
         ).fetchall()
         return [_row_entry(r) for r in rows]
 
+    @_locked
     def stored_hashes(self, author: PeerId) -> dict[int, bytes]:
         """The hash column (an index, not trusted by verifiers: they compare it)."""
         rows = self._db.execute("SELECT seq, hash FROM entries WHERE author=?", (author.raw,))
         return {seq: bytes(h) for seq, h in rows}
 
+    @_locked
     def authors(self) -> list[PeerId]:
         rows = self._db.execute("SELECT DISTINCT author FROM entries ORDER BY author").fetchall()
         return [PeerId(bytes(r[0])) for r in rows]
 
+    @_locked
     def proofs(self) -> list[bytes]:
         return [bytes(r[0]) for r in self._db.execute("SELECT proof FROM equivocations")]
 
     # -- writing ---------------------------------------------------------------
+    @_locked
     def append(self, identity: Identity, payload: Payload, now_ms: int | None = None) -> Entry:
         """Sign ``payload`` as this peer's next entry and store it durably."""
         head = self.head(identity.peer_id)
@@ -161,6 +191,7 @@ class FeedStore:
         assert result is Ingested.APPENDED
         return entry
 
+    @_locked
     def ingest(self, entry: Entry) -> tuple[Ingested, EquivocationProof | None]:
         """Verify and store an entry from anyone. Raises FeedError/EntryError if refused."""
         if not entry.signature_ok():

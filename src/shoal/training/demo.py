@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +43,7 @@ class DemoConfig:
     out: Path = Path("shoal-demo")
     compression: str = "int8"
     deadline_s: float = 60.0
+    ledger: bool = True  # signed feeds + a dev chain; `shoal verify` checks the result
 
 
 Progress = Callable[[int, dict[str, Any]], None]
@@ -98,6 +100,12 @@ def last_progress(path: Path | None) -> dict[str, Any]:
 
 def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any]:
     cfg.out.mkdir(parents=True, exist_ok=True)
+    chain = None
+    if cfg.ledger:
+        from shoal.ledger.demo_setup import setup_demo_ledger
+
+        dirs = [node_config(cfg, i, []).data_dir for i in range(cfg.nodes)]
+        chain = setup_demo_ledger(cfg.out, dirs, "demo")
     configs = [node_config(cfg, 0, [])]
     procs = [start_node(configs[0])]
     t0 = time.monotonic()
@@ -129,9 +137,33 @@ def run_demo(cfg: DemoConfig, progress: Progress | None = None) -> dict[str, Any
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.wait()
+        if chain is not None:
+            chain.stop()
     swarm_s = time.monotonic() - t0
     results = [json.loads(c.result_file.read_text()) for c in configs if c.result_file]
-    return summarize(cfg, configs[0], results, swarm_s)
+    summary = summarize(cfg, configs[0], results, swarm_s)
+    if chain is not None:
+        summary.update(ledger_summary(cfg.out, results))
+    return summary
+
+
+def ledger_summary(out: Path, results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Copy the final checkpoint to OUT/checkpoints (what `shoal verify` is pointed at)
+    and report the ledger's share of each node's training time."""
+    src = Path(results[0]["checkpoint"])
+    dst = out / "checkpoints" / src.name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    shares = sorted(
+        r["ledger"]["ledger_s"] / max(1e-9, float(r["wall_s"])) for r in results if r["ledger"]
+    )
+    anchored = sorted({n for r in results if r["ledger"] for n in r["ledger"]["anchored_rounds"]})
+    return {
+        "ledger_overhead_pct_median": round(100 * shares[len(shares) // 2], 3) if shares else None,
+        "ledger_overhead_pct_max": round(100 * shares[-1], 3) if shares else None,
+        "anchored_rounds": anchored,
+        "verify_checkpoint": str(dst),
+    }
 
 
 def summarize(

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from shoal.diloco import DiLoCo
+from shoal.ledger.messages import LEDGER_MESSAGES
 from shoal.rounds.config import RoundConfig
 from shoal.runtime.background import NodeThread
 from shoal.runtime.health import HealthServer, Readiness, start_in_thread
@@ -61,7 +62,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
         bootstrap=[Contact.parse(b) for b in cfg.bootstrap],
         run=cfg.name,
         rounds=round_config(cfg),
-        extra_messages=STATE_MESSAGES,
+        extra_messages=STATE_MESSAGES + LEDGER_MESSAGES,
     )
     thread = NodeThread(node_cfg)
     node = thread.start()
@@ -77,10 +78,12 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
         model = cfg.build_model()
         corpus = load_corpus(cfg)
         inner = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, weight_decay=0.1)
+        ledger = _ledger_hook(cfg, thread)
         opt = DiLoCo(
             model, inner, run=cfg.name, node=thread, inner_steps=cfg.inner_steps,
             outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
             compression=cfg.compression, allreduce_timeout_s=max(30.0, cfg.deadline_s),
+            ledger=ledger,
         )  # fmt: skip
         first_round = opt.round
         readiness.set(True, "training", round=opt.round)
@@ -115,6 +118,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             "bytes_received": node.transport.bytes_received,
             "numel": int(opt.global_flat.numel()),
             "wall_s": round(time.monotonic() - t0, 2),
+            "ledger": ledger.stats() if ledger is not None else None,
         }
         if cfg.result_file is not None:
             tmp = Path(str(cfg.result_file) + ".tmp")
@@ -127,6 +131,15 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
         if health is not None:
             health.close_in(thread)
         thread.stop()
+
+
+def _ledger_hook(cfg: RunConfig, thread: NodeThread) -> Any:
+    """The ledger hook when the data dir was set up for one (ledger/chain.json)."""
+    if not (cfg.data_dir / "ledger" / "chain.json").exists():
+        return None
+    from shoal.ledger.training_hook import hook_for  # web3 & co. only when used
+
+    return hook_for(cfg.data_dir, cfg.name, thread)
 
 
 async def _alive(node: Node) -> int:

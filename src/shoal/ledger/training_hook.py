@@ -1,0 +1,168 @@
+"""The ledger's hook into DiLoCo rounds (``DiLoCo(..., ledger=hook)``).
+
+Per round, on the training thread:
+  - ``commit_update`` before the all-reduce: the update's hash and samples go into
+    this peer's feed (fsynced) and our heads are gossiped to the swarm;
+  - ``anchor_round`` after it: pull the group members' commitments by replication,
+    check each (signature, run, round, admission), record the round aggregate with
+    the new model hash, and, if we are the group's anchorer (the lowest peer id that
+    contributed), anchor the round on-chain in one transaction.
+A node whose data dir holds ``ledger/chain.json`` uses the ledger (``hook_for``);
+``join`` refuses to train when the chain has not admitted this peer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from shoal.identity.keys import PeerId
+from shoal.ledger.backends import CHAIN_RECORD, ChainRecord, load_chain_key, rpc_web3
+from shoal.ledger.chain import ChainLedger, LedgerError
+from shoal.ledger.equivocation import EquivocationProof
+from shoal.ledger.feed import FeedStore
+from shoal.ledger.gossip import FeedGossip
+from shoal.ledger.payloads import Contribution
+from shoal.ledger.run_ledger import CommitmentRejected, RunLedger
+from shoal.runtime.background import NodeThread
+from shoal.wire.contact import Contact
+
+log = logging.getLogger(__name__)
+
+FEED_PATH = Path("ledger") / "feed.sqlite"
+CHAIN_KEY_PATH = Path("ledger") / "chain.key"
+# How long to wait for the group's commitments to replicate before anchoring
+# without the missing ones (they are then left out of the anchor and the credits).
+COMMIT_WAIT_S = 15.0
+ANNOUNCE_EVERY_S = 0.5
+
+
+class LedgerHook:
+    def __init__(self, ledger: RunLedger, node_thread: NodeThread) -> None:
+        self.ledger = ledger
+        self.thread = node_thread
+        assert node_thread.node is not None
+        self.node = node_thread.node
+        self.gossip: FeedGossip = node_thread.call(self._attach())
+        self.seconds = 0.0  # time spent in ledger work (the overhead benchmark reads it)
+        self.anchored: list[int] = []
+        self._proofs: list[EquivocationProof] = []
+        self._proof_lock = threading.Lock()
+
+    async def _attach(self) -> FeedGossip:
+        return FeedGossip(self.node, self.ledger.store, self._on_equivocation)
+
+    def _on_equivocation(self, proof: EquivocationProof) -> None:
+        with self._proof_lock:
+            self._proofs.append(proof)
+
+    def join(self) -> None:
+        self.ledger.join()
+
+    def _peers(self) -> list[Contact]:
+        return [
+            Contact(PeerId.parse(p["peer_id"]), p["addr"])
+            for p in self.node.peers()
+            if p["state"] == "alive"
+        ]
+
+    def _announce(self, peers: Sequence[Contact]) -> None:
+        self.thread.call_soon(self.gossip.announce, list(peers))
+
+    def commit_update(self, round_no: int, delta: bytes, samples: int) -> None:
+        t0 = time.perf_counter()
+        self.ledger.commit_update(round_no, hashlib.sha256(delta).digest(), samples)
+        self._announce(self._peers())
+        self.seconds += time.perf_counter() - t0
+
+    def anchor_round(
+        self, round_no: int, model_hash: str, members: Sequence[Contact]
+    ) -> str | None:
+        t0 = time.perf_counter()
+        try:
+            return self._anchor_round(round_no, model_hash, members)
+        finally:
+            self.seconds += time.perf_counter() - t0
+            self._submit_proofs()
+
+    def _anchor_round(
+        self, round_no: int, model_hash: str, members: Sequence[Contact]
+    ) -> str | None:
+        lg = self.ledger
+        want = {m.peer_id for m in members}
+        found: dict[PeerId, Contribution] = {}
+        deadline = time.monotonic() + COMMIT_WAIT_S
+        while True:
+            for pid in want - found.keys():
+                e = lg.commitment_of(pid, round_no)
+                if e is None:
+                    continue
+                try:
+                    found[pid] = lg.accept_commitment(e, round_no)
+                except CommitmentRejected as exc:
+                    log.warning("round %d: %s", round_no, exc)
+                    want.discard(pid)
+            if found.keys() >= want or time.monotonic() > deadline:
+                break
+            self._announce(members)
+            time.sleep(ANNOUNCE_EVERY_S)
+        missing = want - found.keys()
+        if missing:
+            log.warning("round %d: no commitment from %s", round_no,
+                        ", ".join(p.short() for p in missing))  # fmt: skip
+        if not found:
+            return None
+        entry = lg.record_round(round_no, bytes.fromhex(model_hash), list(found.values()))
+        self._announce(members)
+        if min(found, key=lambda p: p.raw) != lg.peer_id:
+            return None
+        try:
+            tx = lg.anchor(entry)
+        except LedgerError as exc:
+            log.error("round %d: anchoring failed: %s", round_no, exc)
+            return None
+        self.anchored.append(round_no)
+        log.info("round %d anchored on-chain (%d contributors)", round_no, len(found))
+        return tx
+
+    def _submit_proofs(self) -> None:
+        with self._proof_lock:
+            proofs, self._proofs = self._proofs, []
+        for p in proofs:
+            try:
+                if self.ledger.chain is not None:
+                    self.ledger.chain.submit_equivocation(p)
+                    log.warning("submitted equivocation proof against %s", p.a.author.short())
+            except LedgerError as exc:
+                log.warning("equivocation proof not accepted: %s", exc)
+
+    def close(self) -> None:
+        self.ledger.store.close()
+
+    def stats(self) -> dict[str, Any]:
+        return {"ledger_s": round(self.seconds, 4), "anchored_rounds": self.anchored}
+
+
+def hook_for(data_dir: Path, run: str, node_thread: NodeThread) -> LedgerHook | None:
+    """The ledger hook for a node whose data dir was set up for one, else None."""
+    if not (data_dir / CHAIN_RECORD).exists():
+        return None
+    record = ChainRecord.load(data_dir)
+    if not record.rpc_url:
+        raise LedgerError(f"{data_dir / CHAIN_RECORD} names no rpc_url for this node")
+    key_file = data_dir / CHAIN_KEY_PATH
+    account = load_chain_key(key_file if key_file.exists() else None)
+    chain = ChainLedger(rpc_web3(record.rpc_url), account, record.contract,
+                        bytes.fromhex(record.run_id))  # fmt: skip
+    assert node_thread.node is not None
+    store = FeedStore(data_dir / FEED_PATH)
+    hook = LedgerHook(RunLedger(node_thread.node.identity, store, chain, run), node_thread)
+    hook.join()
+    log.info("ledger on: feed %s, run %s on %s", data_dir / FEED_PATH, record.run_id[:12],
+             record.rpc_url)  # fmt: skip
+    return hook
