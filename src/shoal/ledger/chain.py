@@ -153,11 +153,11 @@ def deploy_contract(w3: Web3, account: LocalAccount, evm_version: str = DEFAULT_
     return str(address)
 
 
-def _send(w3: Web3, account: LocalAccount, tx: dict[str, Any]) -> Any:
+def _send(w3: Web3, account: LocalAccount, tx: dict[str, Any], chain_id: int | None = None) -> Any:
     tx = dict(tx)
     tx["nonce"] = w3.eth.get_transaction_count(account.address, "pending")
     tx["gasPrice"] = w3.eth.gas_price
-    tx["chainId"] = w3.eth.chain_id
+    tx["chainId"] = w3.eth.chain_id if chain_id is None else chain_id
     signed = account.sign_transaction(tx)
     try:
         tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
@@ -186,8 +186,15 @@ class ChainLedger(Ledger):
         )
         self.address = Web3.to_checksum_address(address)
         self.run_id = run_id
+        self._chain_id: int | None = None
         art = load_artifact()
         self.contract: Contract = w3.eth.contract(address=self.address, abi=art.abi)
+
+    @property
+    def chain_id(self) -> int:
+        if self._chain_id is None:  # fixed for a chain; one round trip saved per tx
+            self._chain_id = int(self.w3.eth.chain_id)
+        return self._chain_id
 
     # -- transactions ----------------------------------------------------------
     def _transact(self, fn: Any, gas: int, value: int = 0) -> Any:
@@ -199,8 +206,9 @@ class ChainLedger(Ledger):
             if rev is not None:
                 raise rev from exc
             raise LedgerError(f"call failed: {exc}") from exc
-        tx = fn.build_transaction({**opts, "gas": gas, "nonce": 0, "gasPrice": 0})
-        return _send(self.w3, self.account, tx)
+        tx = fn.build_transaction({**opts, "gas": gas, "nonce": 0, "gasPrice": 0,
+                                   "chainId": self.chain_id})  # fmt: skip
+        return _send(self.w3, self.account, tx, self.chain_id)
 
     def create_run(self, policy: int, min_stake: int = 0) -> None:
         self._transact(self.contract.functions.create_run(self.run_id, policy, min_stake),

@@ -39,6 +39,8 @@ CHAIN_KEY_PATH = Path("ledger") / "chain.key"
 # How long to wait for the group's commitments to replicate before anchoring
 # without the missing ones (they are then left out of the anchor and the credits).
 COMMIT_WAIT_S = 15.0
+# Commitments usually arrive during the all-reduce; poll briefly, re-gossip slowly.
+POLL_S = 0.02
 ANNOUNCE_EVERY_S = 0.5
 
 
@@ -97,6 +99,7 @@ class LedgerHook:
         want = {m.peer_id for m in members}
         found: dict[PeerId, Contribution] = {}
         deadline = time.monotonic() + COMMIT_WAIT_S
+        next_announce = time.monotonic() + ANNOUNCE_EVERY_S
         while True:
             for pid in want - found.keys():
                 e = lg.commitment_of(pid, round_no)
@@ -109,8 +112,10 @@ class LedgerHook:
                     want.discard(pid)
             if found.keys() >= want or time.monotonic() > deadline:
                 break
-            self._announce(members)
-            time.sleep(ANNOUNCE_EVERY_S)
+            if time.monotonic() >= next_announce:
+                self._announce(members)
+                next_announce = time.monotonic() + ANNOUNCE_EVERY_S
+            time.sleep(POLL_S)
         missing = want - found.keys()
         if missing:
             log.warning("round %d: no commitment from %s", round_no,
