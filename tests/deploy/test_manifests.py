@@ -196,3 +196,4 @@ def test_compose_swarm_commands_parse() -> None:
         ranks.add(params["rank"])
         assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"]
     assert ranks == set(range(len(nodes)))
+    assert _parse_cli(services["chain"]["command"])["data_dir"] == Path("/var/lib/shoal/chain")
