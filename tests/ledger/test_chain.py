@@ -183,3 +183,26 @@ def test_contract_checks_proof_structure(chain: ChainUnderTest) -> None:
     stranger = _equivocation(77)
     assert revert_reason(ls[2].submit_equivocation, stranger) == "unknown-peer"
     assert not ls[0].is_banned(peers[1])
+
+
+def test_cancun_build_breaks_on_a_shanghai_node_and_shanghai_build_works(
+    hardhat_url: str,
+) -> None:
+    """Why the EVM-version option exists: the Hardhat node here runs the shanghai fork,
+    and the cancun build's MCOPY (used to copy the proof bytes) is invalid there."""
+    from shoal.ledger.backends import rpc_web3
+
+    from .conftest import hardhat_keys
+
+    w3 = rpc_web3(hardhat_url)
+    keys = hardhat_keys()
+    for evm in ("shanghai", "cancun"):
+        address = deploy_contract(w3, Account.from_key(keys[0]), evm_version=evm)
+        ls = [ChainLedger(w3, keys[i], address, os.urandom(32)) for i in range(3)]
+        ls[0].run_id = ls[1].run_id = ls[2].run_id
+        _admit(ls)
+        if evm == "shanghai":
+            ls[2].submit_equivocation(_equivocation(2))
+            assert ls[2].is_banned(ident(2).peer_id)
+        else:
+            assert revert_reason(ls[2].submit_equivocation, _equivocation(2)) == "invalid-opcode"

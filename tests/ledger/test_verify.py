@@ -199,3 +199,36 @@ def test_cli_verify_after_the_writers_exit(tmp_path: Path) -> None:
     assert "VERIFY FAILED at feed" in bad.stderr and "signature" in bad.stderr
     missing = _shoal("verify", str(tmp_path / "nope.safetensors"), "--data-dir", str(tmp_path))
     assert missing.returncode == 1
+
+
+def test_cli_verify_over_chain_rpc(tmp_path: Path) -> None:
+    """`--chain-rpc URL`: anchors are read over JSON-RPC (here `shoal chain` serving
+    the lineage's persisted chain), not from the data dir's chain files."""
+    import os
+    import signal
+
+    lin = build_lineage(tmp_path, rounds=1)
+    lin.close()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shoal.cli.main", "chain", "--data-dir", str(tmp_path),
+         "--port", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().decode().strip()
+        ok = _shoal("verify", str(lin.checkpoints[0]), "--data-dir", str(tmp_path),
+                    "--chain-rpc", url, "--json")  # fmt: skip
+        assert ok.returncode == 0, ok.stderr
+        import json
+
+        doc = json.loads(ok.stdout)
+        assert doc["ok"] and doc["round"] == 0 and len(doc["contributors"]) == 3
+        wrong = _shoal("verify", str(lin.checkpoints[0]), "--data-dir", str(tmp_path),
+                       "--chain-rpc", "http://127.0.0.1:9", "--json")  # fmt: skip
+        assert wrong.returncode == 1 and json.loads(wrong.stdout)["step"] == "setup"
+    finally:
+        os.kill(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+        if proc.stdout is not None:
+            proc.stdout.close()

@@ -8,7 +8,7 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -75,16 +75,19 @@ def verify_cmd(
     from shoal.ledger.verify import LineageError, find_feed_files, verify_lineage
 
     dev = None
+    failure: tuple[str, str] | None = None
     try:
         ledger, dev = open_run_chain(data_dir, chain_rpc)
         report = verify_lineage(checkpoint, find_feed_files(data_dir), ledger)
     except LineageError as exc:
-        _fail(as_json, exc.step, exc.message)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        _fail(as_json, "setup", str(exc))
+        failure = (exc.step, exc.message)
+    except Exception as exc:  # web3/requests raise many types for a dead endpoint
+        failure = ("setup", f"{type(exc).__name__}: {exc}")
     finally:
         if dev is not None:
             dev.close()
+    if failure is not None:
+        _fail(as_json, *failure)
     if as_json:
         doc: dict[str, Any] = {
             "ok": True, "checkpoint": str(checkpoint), "model_hash": report.model_hash,
@@ -110,7 +113,7 @@ def verify_cmd(
         out.print(f"[yellow]warning:[/yellow] {w}")
 
 
-def _fail(as_json: bool, step: str, message: str) -> None:
+def _fail(as_json: bool, step: str, message: str) -> NoReturn:
     if as_json:
         sys.stdout.write(json.dumps({"ok": False, "step": step, "error": message}) + "\n")
     else:

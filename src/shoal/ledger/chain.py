@@ -77,6 +77,9 @@ def normalise_revert(exc: BaseException) -> LedgerRevert | None:
         if m:
             return LedgerRevert(m.group(1))
     low = " ".join(texts).lower()
+    if "invalid opcode" in low:
+        # A build for a newer fork than the node runs (e.g. cancun's MCOPY on shanghai).
+        return LedgerRevert("invalid-opcode", "deploy a build for the node's EVM version")
     if "revert" in low or "transactionfailed" in type(exc).__name__.lower():
         return LedgerRevert("reverted", texts[0][:200])
     return None
@@ -247,7 +250,9 @@ class ChainLedger(Ledger):
     # -- reads -----------------------------------------------------------------
     def _view(self, fn: Any) -> Any:
         try:
-            return fn.call({"from": self.account.address})
+            # No sender: views ignore it, and a read-only client's account may hold no
+            # ETH (eth-tester charges calls for gas; nodes pick a funded default).
+            return fn.call()
         except Exception as exc:
             raise LedgerError(f"reading the contract failed: {exc}") from exc
 
