@@ -48,3 +48,26 @@ def test_memory_only_chain_leaves_no_files(tmp_path: Path) -> None:
     w3, dev = embedded_web3(None)
     deploy_contract(w3, Account.from_key(dev_private_keys()[0]))
     assert dev.path is None and not any(tmp_path.iterdir())
+
+
+def test_log_index_filters_like_a_node(tmp_path: Path) -> None:
+    keys = dev_private_keys()
+    w3, dev = embedded_web3(None)
+    address = deploy_contract(w3, Account.from_key(keys[0]))
+    lg = ChainLedger(w3, keys[0], address, os.urandom(32))
+    lg.create_run(POLICY_ALLOWLIST)
+    lg.allow(lg.account.address)
+    p = ident(1).peer_id
+    lg.register_peer(p)
+    for r in range(3):
+        lg.anchor_round(r, digest(r + 1), digest(9), [(p, 1)])
+    topic = str(lg.contract.events.RoundAnchored().topic)
+    everything = w3.eth.get_logs({"address": lg.address, "topics": [topic]})
+    assert len(everything) == 3  # no block bounds: earliest..latest
+    last = everything[-1]["blockNumber"]
+    assert len(w3.eth.get_logs({"fromBlock": last, "toBlock": "latest", "topics": [topic]})) == 1
+    run_topic = "0x" + lg.run_id.hex()
+    assert len(w3.eth.get_logs({"topics": [topic, run_topic]})) == 3
+    assert w3.eth.get_logs({"topics": [topic, "0x" + "00" * 32]}) == []
+    assert w3.eth.get_logs({"address": "0x" + "11" * 20}) == []
+    dev.close()

@@ -135,17 +135,19 @@ class DevChain(EthereumTesterProvider):
                 self._index_tx(str(resp["result"]))
             return resp
 
-    def _block(self, v: Any, default: int) -> int:
-        if v is None or v == "earliest":
-            return default if default == 0 else 0
+    def _block(self, v: Any, missing: str) -> int:
+        """A block number from a filter field (int, hex, or a tag; ``missing`` if absent)."""
+        v = missing if v is None else v
+        if v == "earliest":
+            return 0
         if v in ("latest", "pending", "safe", "finalized"):
             assert self.ethereum_tester is not None
             return int(self.ethereum_tester.get_block_by_number("latest")["number"])
         return int(v, 16) if isinstance(v, str) else int(v)
 
     def _get_logs(self, flt: dict[str, Any]) -> RPCResponse:
-        lo = self._block(flt.get("from_block", flt.get("fromBlock")), 0)
-        hi = self._block(flt.get("to_block", flt.get("toBlock", "latest")), -1)
+        lo = self._block(flt.get("from_block", flt.get("fromBlock")), "earliest")
+        hi = self._block(flt.get("to_block", flt.get("toBlock")), "latest")
         sql = "SELECT body FROM logs WHERE block BETWEEN ? AND ?"
         args: list[Any] = [lo, hi]
         addr = flt.get("address")
