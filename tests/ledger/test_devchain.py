@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from eth_account import Account
+from web3 import Web3
 
 from shoal.ledger.backends import DEVCHAIN_DIR, embedded_web3
 from shoal.ledger.chain import POLICY_ALLOWLIST, ChainLedger, deploy_contract
@@ -69,5 +70,5 @@ def test_log_index_filters_like_a_node(tmp_path: Path) -> None:
     run_topic = "0x" + lg.run_id.hex()
     assert len(w3.eth.get_logs({"topics": [topic, run_topic]})) == 3
     assert w3.eth.get_logs({"topics": [topic, "0x" + "00" * 32]}) == []
-    assert w3.eth.get_logs({"address": "0x" + "11" * 20}) == []
+    assert w3.eth.get_logs({"address": Web3.to_checksum_address("0x" + "11" * 20)}) == []
     dev.close()
