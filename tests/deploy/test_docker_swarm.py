@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
+import shutil
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +22,7 @@ from typing import Any
 import pytest
 
 from shoal.training.run_config import dump_run_config, load_run_config
+from tests.deploy import docker_harness as harness
 from tests.deploy.docker_harness import IMAGE_TAG, DockerInNetns, Unavailable
 
 yaml: Any = importlib.import_module("yaml")
@@ -178,3 +182,50 @@ def test_image_builds_and_three_containers_train_a_round(docker: DockerInNetns) 
     # and /readyz answered 200 inside each container while it trained.
     assert all("healthy" in s for s in health.values()), health
     assert all(readyz.get(n, "").startswith("200 ") for n in names), readyz
+
+
+# -- the skip reasons are exact (and a failed start leaves nothing behind) -------------
+
+
+def test_reason_when_not_root(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    d = DockerInNetns()
+    try:
+        with pytest.raises(Unavailable, match="not root"):
+            d.start()
+    finally:
+        d.close()
+    assert not d.root.exists()
+
+
+def test_reason_when_docker_is_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the not-root reason comes first")
+    monkeypatch.setattr(harness, "DOCKERD", "/nonexistent/dockerd")
+    d = DockerInNetns()
+    try:
+        with pytest.raises(Unavailable, match="/nonexistent/dockerd missing"):
+            d.start()
+    finally:
+        d.close()
+
+
+def test_reason_when_dockerd_dies_and_cleanup(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and ip(8) to get as far as starting dockerd")
+    fake = tmp_path / "dockerd"
+    fake.write_text("#!/bin/sh\necho 'failed to start daemon: fake reason' >&2\nexit 1\n")
+    fake.chmod(0o755)
+    monkeypatch.setattr(harness, "DOCKERD", str(fake))
+    d = DockerInNetns()
+    try:
+        with pytest.raises(Unavailable, match=r"(?s)exit 1.*fake reason"):
+            d.start()
+    finally:
+        d.close()
+    assert d.name not in subprocess.run(["ip", "netns", "list"], capture_output=True,
+                                        text=True, check=True).stdout  # fmt: skip
+    assert not d.root.exists()
+    assert str(d.root) not in Path("/proc/mounts").read_text()
