@@ -16,6 +16,7 @@ The training loop calls, per round:
 from __future__ import annotations
 
 import logging
+import time
 
 from shoal.identity.keys import Identity, PeerId
 from shoal.ledger.chain import Ledger, LedgerRevert
@@ -32,6 +33,10 @@ from shoal.ledger.payloads import (
 )
 
 log = logging.getLogger(__name__)
+
+# Admission is read from the chain at most this often per peer: a ban takes effect
+# off-chain within this time (on-chain, anchors refuse banned peers at once).
+ADMISSION_CACHE_S = 30.0
 
 
 class NotAdmitted(RuntimeError):
@@ -51,6 +56,7 @@ class RunLedger:
         self.chain = chain
         self.run = run
         self._used: set[bytes] = set()
+        self._admitted: dict[PeerId, float] = {}  # peer -> monotonic time it was checked
         for e in store.entries(identity.peer_id):
             if e.kind == Kind.ROUND_AGGREGATE:
                 agg = payload_of(e)
@@ -70,6 +76,19 @@ class RunLedger:
             if isinstance(p, JoinedRun) and p.run == self.run:
                 return
         self.store.append(self.identity, JoinedRun(self.run))
+
+    def _is_admitted(self, peer: PeerId) -> bool:
+        if self.chain is None:
+            return True
+        now = time.monotonic()
+        seen = self._admitted.get(peer)
+        if seen is not None and now - seen < ADMISSION_CACHE_S:
+            return True
+        if not self.chain.is_admitted(peer):
+            self._admitted.pop(peer, None)
+            return False
+        self._admitted[peer] = now
+        return True
 
     def commit_update(self, round_no: int, delta_hash: bytes, samples: int) -> Contribution:
         e = self.store.append(
@@ -112,7 +131,7 @@ class RunLedger:
         stored = self.store.get(entry.author, entry.seq)
         if stored is None or stored.hash != entry.hash:
             raise CommitmentRejected(f"commitment {who} is not in the author's verified feed")
-        if self.chain is not None and not self.chain.is_admitted(entry.author):
+        if not self._is_admitted(entry.author):
             raise CommitmentRejected(f"{entry.author} is not admitted on-chain")
         return Contribution(entry.author, entry.seq, entry.hash, p.samples)
 
