@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -61,7 +62,7 @@ def _tail(text: str, n: int = 15) -> str:
 
 class DockerInNetns:
     def __init__(self) -> None:
-        self.name = f"shoal-dk-{os.getpid()}"
+        self.name = f"shoal-dk-{os.getpid()}-{secrets.token_hex(3)}"
         self.root = Path(tempfile.mkdtemp(prefix="shoal-docker-"))
         self.sock = self.root / "docker.sock"
         self.env = {**os.environ, "DOCKER_HOST": f"unix://{self.sock}", "DOCKER_BUILDKIT": "0"}
