@@ -183,6 +183,21 @@ def test_image_builds_and_three_containers_train_a_round(docker: DockerInNetns) 
     assert all("healthy" in s for s in health.values()), health
     assert all(readyz.get(n, "").startswith("200 ") for n in names), readyz
 
+    # The image's default command: a plain node (`node start`, data dir added by the
+    # entrypoint) on a read-only root, healthy and ready as a seed, and stopped
+    # cleanly by SIGTERM (`docker stop`).
+    docker.check(
+        "run", "-d", "--name", "plain", "--read-only", "--cap-drop", "ALL",
+        "--health-interval", "2s", IMAGE_TAG,
+    )  # fmt: skip
+    _wait_healthy(docker, "plain")
+    r = docker.docker("exec", "plain", "python3", "-c", READYZ, timeout=30)
+    assert r.stdout.startswith("200 ") and '"stage": "joined"' in r.stdout, r.stdout + r.stderr
+    docker.check("stop", "-t", "20", "plain", timeout=60)
+    state = json.loads(docker.check("inspect", "plain"))[0]["State"]
+    (LOGS / "plain.log").write_text(docker.docker("logs", "plain").stderr)
+    assert state["ExitCode"] == 0, f"plain node exited {state['ExitCode']} on SIGTERM"
+
 
 # -- the skip reasons are exact (and a failed start leaves nothing behind) -------------
 
