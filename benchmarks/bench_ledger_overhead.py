@@ -8,6 +8,9 @@ twice, with the ledger on and off (the baseline), same config. Reports:
     all-reduce; pulling the group's commitments, recording the aggregate and, on the
     anchoring peer, the anchor transaction after it) as a share of that node's
     training wall time: median node and worst node (the anchorer);
+  - the same per phase (commit; collect = pull and check the group's commitments;
+    record = the aggregate entry), and the anchor transaction time, which runs on a
+    worker thread beside training;
   - the swarm wall time of both runs (noisy on a shared machine; for context).
 """
 
@@ -44,6 +47,14 @@ def one(ledger: bool, args: argparse.Namespace) -> dict[str, Any]:
         out["share_pct_median"] = round(100 * statistics.median(shares), 3)
         out["share_pct_max"] = round(100 * max(shares), 3)
         out["anchored_rounds"] = res["anchored_rounds"]
+        # Per phase, ms per round, median node; anchor_bg runs beside training.
+        out["phase_ms_per_round"] = {
+            k: round(1000 * statistics.median(n["ledger"][k] for n in nodes) / args.rounds, 1)
+            for k in ("commit_s", "collect_s", "record_s", "anchor_bg_s")
+        }
+        out["anchor_bg_ms_per_round_anchorer"] = round(
+            1000 * max(n["ledger"]["anchor_bg_s"] for n in nodes) / args.rounds, 1
+        )
         out["round_s_median"] = round(
             statistics.median(n["wall_s"] for n in nodes) / args.rounds, 2
         )

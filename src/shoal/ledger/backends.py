@@ -61,9 +61,9 @@ class ChainRecord:
             raise ValueError(f"chain record {path} is malformed: {exc}") from exc
 
 
-def embedded_web3(data_dir: Path | None) -> tuple[Web3, DevChain]:
+def embedded_web3(data_dir: Path | None, readonly: bool = False) -> tuple[Web3, DevChain]:
     """The dev chain in this process, persisted under ``data_dir/chain`` (None: memory)."""
-    chain = DevChain(None if data_dir is None else data_dir / DEVCHAIN_DIR)
+    chain = DevChain(None if data_dir is None else data_dir / DEVCHAIN_DIR, readonly)
     return Web3(chain), chain
 
 
@@ -112,7 +112,8 @@ def open_run_chain(
     else:
         if not (data_dir / DEVCHAIN_DIR / "txlog.bin").exists():
             raise FileNotFoundError(f"no dev chain in {data_dir / DEVCHAIN_DIR}; use --chain-rpc")
-        w3, dev = embedded_web3(data_dir)
+        # Read-only: replay the whole log, trust no snapshot, change nothing in DIR.
+        w3, dev = embedded_web3(data_dir, readonly=True)
         # eth-tester charges calls for gas, so reads come from a funded dev account.
         signer = account or Account.from_key(dev_private_keys()[0])
     if w3.eth.chain_id != record.chain_id:

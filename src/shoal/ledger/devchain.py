@@ -8,6 +8,14 @@ balances, contract addresses and storage. Block hashes and timestamps differ aft
 replay; nothing in shoal's contracts reads them. A torn last record (crash mid-write)
 is dropped, since the transaction it held was never acknowledged.
 
+Replaying costs one transaction execution per stored transaction, so a clean close
+also writes a snapshot (``state.snapshot``, msgpack, no pickle: py-evm's key-value
+store plus the log index) naming how many log records, and which bytes (SHA-256),
+it covers. Opening loads a snapshot only if the log still starts with exactly those
+bytes, then replays the records after it; otherwise it replays everything. A reader
+that trusts nothing in the directory and must not change it (``shoal verify``) opens
+it ``readonly``: full replay, no snapshot read or written, the log left as it is.
+
 eth-tester answers ``eth_getLogs`` by scanning every block, which slows quadratically
 (DESIGN.md measured 46 s for 500 events). This chain keeps its own log index in SQLite
 and answers ``eth_getLogs`` from it, linear in the logs returned.
@@ -15,6 +23,7 @@ and answers ``eth_getLogs`` from it, linear in the logs returned.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -26,6 +35,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import msgpack
+from eth.db.atomic import AtomicDB
+from eth.db.backends.memory import MemoryDB
 from eth_tester import EthereumTester, PyEVMBackend
 from eth_tester.backends.pyevm.main import get_default_account_keys
 from web3 import EthereumTesterProvider
@@ -34,6 +46,8 @@ from web3.types import RPCEndpoint, RPCResponse
 log = logging.getLogger(__name__)
 
 TXLOG_NAME = "txlog.bin"
+SNAPSHOT_NAME = "state.snapshot"
+SNAPSHOT_FORMAT = 1
 _RECORD = struct.Struct(">II")  # length, crc32
 # A raw transaction larger than this is corrupt (the biggest shoal tx, a 256-peer
 # anchor, is ~17 KiB; Ethereum clients cap txs at 128 KiB).
@@ -66,7 +80,7 @@ def read_txlog(path: Path) -> Iterator[bytes]:
 class DevChain(EthereumTesterProvider):
     """An eth-tester provider that persists its transactions and indexes its logs."""
 
-    def __init__(self, data_dir: str | Path | None = None) -> None:
+    def __init__(self, data_dir: str | Path | None = None, readonly: bool = False) -> None:
         super().__init__(EthereumTester(PyEVMBackend()))
         self._lock = threading.RLock()
         self._index = sqlite3.connect(":memory:", check_same_thread=False)
@@ -77,32 +91,111 @@ class DevChain(EthereumTesterProvider):
         self._index.execute("CREATE INDEX logs_by_topic ON logs (address, topic0, block)")
         self._log_fd: int | None = None
         self.path: Path | None = None
+        self.records = 0  # transactions in the log
+        self._snapshot_records = 0
+        self.loaded_snapshot = False
         if data_dir is not None:
             self.path = Path(data_dir) / TXLOG_NAME
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            replayed = self._replay()
+            records = list(read_txlog(self.path))
+            skip = 0 if readonly else self._load_snapshot(records)
+            replayed = self._replay(records[skip:])
+            self.records = len(records)
+            if readonly:
+                return
             # Truncate a torn tail so new records are not appended after garbage.
-            good = sum(_RECORD.size + len(r) for r in read_txlog(self.path))
+            good = sum(_RECORD.size + len(r) for r in records)
             self._log_fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o644)
             os.ftruncate(self._log_fd, good)
             os.lseek(self._log_fd, good, os.SEEK_SET)
-            log.info("dev chain: replayed %d transactions from %s", replayed, self.path)
+            log.info("dev chain: %d transactions from a snapshot, %d replayed, from %s",
+                     skip, replayed, self.path)  # fmt: skip
 
     def close(self) -> None:
-        if self._log_fd is not None:
-            os.close(self._log_fd)
-            self._log_fd = None
+        """Close the log; write a snapshot if the log grew since the last one."""
+        if self._log_fd is None:
+            return
+        os.close(self._log_fd)
+        self._log_fd = None
+        if self.path is not None and self.records > self._snapshot_records:
+            with self._lock:
+                self._write_snapshot()
 
-    def _replay(self) -> int:
+    def _snapshot_path(self) -> Path:
         assert self.path is not None
-        n = 0
-        for raw in read_txlog(self.path):
+        return self.path.parent / SNAPSHOT_NAME
+
+    def _kv(self) -> dict[bytes, bytes]:
+        assert self.ethereum_tester is not None
+        kv: dict[bytes, bytes] = self.ethereum_tester.backend.chain.chaindb.db.wrapped_db.kv_store
+        return kv
+
+    def _write_snapshot(self) -> None:
+        assert self.path is not None
+        data = self.path.read_bytes()
+        covered = sum(_RECORD.size + len(r) for r in read_txlog(self.path))
+        rows = self._index.execute("SELECT * FROM logs ORDER BY block, idx").fetchall()
+        doc = {
+            "format": SNAPSHOT_FORMAT, "records": self.records, "bytes": covered,
+            "sha256": hashlib.sha256(data[:covered]).hexdigest(),
+            "kv": list(self._kv().items()), "logs": [list(r) for r in rows],
+        }  # fmt: skip
+        path = self._snapshot_path()
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(msgpack.packb(doc, use_bin_type=True))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._snapshot_records = self.records
+        log.info("dev chain: snapshot of %d transactions at %s", self.records, path)
+
+    def _load_snapshot(self, records: list[bytes]) -> int:
+        """Load the snapshot if it matches the log's first records; returns how many."""
+        path = self._snapshot_path()
+        if not path.exists():
+            return 0
+        try:
+            doc = msgpack.unpackb(path.read_bytes(), raw=False, strict_map_key=False)
+            n, covered = int(doc["records"]), int(doc["bytes"])
+            assert self.path is not None
+            prefix = self.path.read_bytes()[:covered]
+            ok = (
+                doc["format"] == SNAPSHOT_FORMAT and n <= len(records)
+                and sum(_RECORD.size + len(r) for r in records[:n]) == covered
+                and hashlib.sha256(prefix).hexdigest() == doc["sha256"]
+            )  # fmt: skip
+            if not ok:
+                log.warning("dev chain: snapshot %s does not match the tx log; replaying", path)
+                return 0
+            assert self.ethereum_tester is not None
+            backend = self.ethereum_tester.backend
+            kv = {bytes(k): bytes(v) for k, v in doc["kv"]}
+            rows = [tuple(r) for r in doc["logs"]]
+            with self._index:  # one transaction: all rows or none
+                self._index.executemany("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            fresh = backend.chain
+            try:
+                backend.chain = type(fresh)(AtomicDB(MemoryDB(kv)))
+            except Exception:
+                backend.chain = fresh
+                self._index.execute("DELETE FROM logs")
+                raise
+        except Exception as exc:  # any damage means: ignore it, replay from genesis
+            log.warning("dev chain: unusable snapshot %s (%s); replaying", path, exc)
+            self._index.execute("DELETE FROM logs")
+            return 0
+        self._snapshot_records = n
+        self.loaded_snapshot = True
+        return n
+
+    def _replay(self, records: list[bytes]) -> int:
+        for n, raw in enumerate(records):
             resp = super().make_request(RPCEndpoint("eth_sendRawTransaction"), ["0x" + raw.hex()])
             if "error" in resp:
                 raise RuntimeError(f"dev chain replay failed at tx {n}: {resp['error']}")
             self._index_tx(str(resp["result"]))
-            n += 1
-        return n
+        return len(records)
 
     def _append(self, raw: bytes) -> None:
         if self._log_fd is None:
@@ -132,6 +225,7 @@ class DevChain(EthereumTesterProvider):
                 raw_bytes = bytes.fromhex(raw[2:]) if isinstance(raw, str) else bytes(raw)
                 # Durable before the caller hears "accepted".
                 self._append(raw_bytes)
+                self.records += 1
                 self._index_tx(str(resp["result"]))
             return resp
 
