@@ -15,6 +15,7 @@ import torch
 
 from shoal.runtime.http import HttpError
 from shoal.training.checkpoint import Checkpoint, save_checkpoint
+from shoal.training.demo import DemoConfig, node_config, start_node, wait_contact
 from shoal.training.inference import (
     MAX_NEW_TOKENS,
     MAX_PROMPT_BYTES,
@@ -163,7 +164,7 @@ def test_edge_node_serves_the_latest_verified_model(
     assert (status, body["stage"]) == (503, "waiting-for-verified-model")
     serve = json.loads((data / "serve.json").read_text())["addr"]
     status, err = _predict(serve, {"prompt": "import "})
-    assert status == 503 and "no verified checkpoint" in err["error"]
+    assert status == 503 and "no verified model yet" in err["error"]
 
     # The default factory is the demo GPT; a checkpoint of it appears: now ready.
     h1 = _save(ckpts / "round1.safetensors", GPT(GPTConfig()), 1)
@@ -184,3 +185,47 @@ def test_edge_node_serves_the_latest_verified_model(
     assert status == 200 and out["model_hash"] == h3
     log = (tmp_path / "node.log").read_text()
     assert "skipping unverified checkpoint" in log
+
+
+@pytest.mark.slow
+def test_edge_node_follows_a_training_run(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """An inference-only node serves the swarm's current model, bit for bit."""
+    demo = DemoConfig(nodes=2, rounds=4, inner_steps=8, out=tmp_path, deadline_s=8)
+    cfgs = [node_config(demo, 0, [])]
+    procs.append(start_node(cfgs[0]))
+    boot = wait_contact(cfgs[0].data_dir, procs[0])
+    cfgs.append(node_config(demo, 1, [boot]))
+    procs.append(start_node(cfgs[1]))
+
+    data = tmp_path / "edge"
+    data.mkdir()
+    args = ["--data-dir", str(data), "--profile", "edge", "--bootstrap", boot]
+    args += ["--follow-run", "demo", "--serve-listen", "127.0.0.1:0"]
+    procs.append(shoal("node", "start", *args, "--health-listen", "127.0.0.1:0",
+                       log=tmp_path / "edge.log"))  # fmt: skip
+    health = wait_addr(data, procs[2])
+    serve = json.loads((data / "serve.json").read_text())["addr"]
+    served: dict[int, str] = {}
+    deadline = time.monotonic() + 240
+    while procs[0].poll() is None and time.monotonic() < deadline:
+        status, body = get(serve, "/model")
+        if status == 200:
+            served[body["round"]] = body["model_hash"]
+        time.sleep(0.5)
+    assert procs[0].wait(timeout=120) == 0 and procs[1].wait(timeout=120) == 0
+    assert get(health, "/readyz")[0] == 200
+    status, out = _predict(serve, {"prompt": "def ", "tokens": 4})
+    assert status == 200 and out["round"] == max(served)
+    trained = {
+        h["round"]: h["model_hash"]
+        for c in cfgs
+        for h in json.loads(c.result_file.read_text())["history"]  # type: ignore[union-attr]
+    }
+    # it served real rounds of the run (round 0 is the untrained start), each exactly
+    # the model the trainers ended that round with
+    assert any(r >= 1 for r in served), served
+    for rnd, h in served.items():
+        if rnd >= 1:
+            assert trained[rnd] == h, (rnd, h, trained)

@@ -71,6 +71,9 @@ def node_start(
     serve_listen: Annotated[str, typer.Option(help="HOST:PORT for POST /predict.")] = (
         "127.0.0.1:8081"
     ),
+    follow_run: Annotated[
+        str | None, typer.Option(help="Inference only: serve this run's current model.")
+    ] = None,
 ) -> None:
     """Join the swarm and log membership changes until stopped (SIGINT/SIGTERM)."""
     from shoal.cli.node_cmd import choose_profile, run_node
@@ -97,8 +100,9 @@ def node_start(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, node.stop)
         await run_node(
-            node, health_listen=health_listen, serve_model=serve_model, serve_listen=serve_listen
-        )
+            node, health_listen=health_listen, serve_model=serve_model,
+            serve_listen=serve_listen, follow_run=follow_run,
+        )  # fmt: skip
 
     try:
         asyncio.run(main())

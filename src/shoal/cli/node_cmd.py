@@ -2,8 +2,9 @@
 
 - ``--health-listen HOST:PORT``: ``/healthz``, ``/readyz``, ``/metrics``;
 - ``--profile edge``: memory cap, small batches, one thread;
-- ``--serve-model DIR`` (inference only): serve the newest verified checkpoint in DIR
-  at ``POST /predict`` on ``--serve-listen``.
+- ``--serve-model DIR`` and/or ``--follow-run RUN`` (inference only): serve the newest
+  verified checkpoint in DIR, or the run's current hash-checked state, at
+  ``POST /predict`` on ``--serve-listen``.
 """
 
 from __future__ import annotations
@@ -134,10 +135,16 @@ async def run_node(
     serve_model: Path | None = None,
     serve_listen: str = "127.0.0.1:8081",
     model_factory: str = DEFAULT_FACTORY,
+    follow_run: str | None = None,
 ) -> None:
     """Run ``node`` with the optional health and inference servers until it stops."""
     # A seed bootstraps from nobody but itself (one config for every pod lists pod 0).
     seed = all(c.peer_id == node.peer_id for c in node.config.bootstrap)
+    if follow_run is not None:
+        from shoal.training.state_sync import STATE_MESSAGES
+
+        for t in STATE_MESSAGES:  # a follower asks trainers for their state
+            node.codec.register(t)
     runner = asyncio.create_task(node.run())
     ready = asyncio.create_task(node.ready.wait())
     await asyncio.wait({runner, ready}, return_when=asyncio.FIRST_COMPLETED)
@@ -149,8 +156,10 @@ async def run_node(
     closers: list[Callable[[], Awaitable[None]]] = []
     try:
         gate: Callable[[], str | None] | None = None
-        if serve_model is not None:
-            gate = await _start_inference(node, serve_model, serve_listen, model_factory, closers)
+        if serve_model is not None or follow_run is not None:
+            gate = await _start_inference(
+                node, serve_model, follow_run, serve_listen, model_factory, closers
+            )
         if health_listen is not None:
             health = HealthServer(node, readiness)
             await health.start(health_listen)
@@ -168,7 +177,8 @@ async def run_node(
 
 async def _start_inference(
     node: Node,
-    directory: Path,
+    directory: Path | None,
+    follow_run: str | None,
     listen: str,
     factory_spec: str,
     closers: list[Callable[[], Awaitable[None]]],
@@ -186,7 +196,7 @@ async def _start_inference(
             raise TypeError(f"{factory_spec} returned {type(model).__name__}, not a Module")
         return model
 
-    server = ModelServer(directory, build)
+    server = ModelServer(directory, build, (node, follow_run) if follow_run else None)
     http = HttpServer({"/predict": server.handle_predict, "/model": server.handle_model})
     host, port = split_addr(listen)
     bound = await http.start(host, port)

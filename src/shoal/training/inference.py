@@ -1,7 +1,11 @@
 """Inference-only serving of the latest verified model (the edge profile's mode).
 
-The node watches a checkpoint directory (where ``shoal train`` writes, or a volume a
-training pod shares) and serves the newest checkpoint that passes verification:
+Two sources, newest round wins. Following a run (``--follow-run``), the node reads the
+run's heads from the DHT and downloads the state most publishers agree on at the top
+round, checking its SHA-256 (``state_sync.fetch_state``, the joiners' path), so it
+serves what the swarm is training now without taking part. And/or it watches a
+checkpoint directory (where ``shoal train`` writes, or a volume a training pod
+shares) and serves the newest checkpoint that passes verification:
 every candidate is ordered by the round in its metadata, then fully loaded with
 ``load_checkpoint``, which checks the checkpoint hash and the model hash. A corrupt or
 tampered file is skipped with a warning and the previous model keeps serving.
@@ -26,7 +30,10 @@ import torch
 from safetensors import SafetensorError, safe_open
 
 from shoal.runtime.http import HttpError, Request, Response
+from shoal.runtime.node import Node
 from shoal.training.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from shoal.training.diloco_math import model_hash, unflatten_into
+from shoal.training.state_sync import fetch_state, read_heads
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +45,8 @@ TOP_K = 5
 # How often the directory is rescanned for a newer checkpoint.
 RELOAD_INTERVAL_S = 5.0
 CHECKPOINT_SUFFIX = ".safetensors"
+# How long one refresh waits for the run's heads to appear in the DHT.
+SWARM_FETCH_WAIT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,15 +84,23 @@ def latest_verified(directory: Path) -> tuple[Path, Checkpoint] | None:
 class ModelServer:
     """Holds the served model; ``refresh`` swaps in a newer verified one."""
 
-    def __init__(self, directory: Path, factory: Callable[[], torch.nn.Module]) -> None:
+    def __init__(
+        self,
+        directory: Path | None,
+        factory: Callable[[], torch.nn.Module],
+        follow: tuple[Node, str] | None = None,
+    ) -> None:
         self.directory = directory
         self.factory = factory
+        self.follow = follow
         self.served: Served | None = None
         # One generation at a time: a small device has one core to give.
         self._busy = asyncio.Lock()
 
     def refresh(self) -> bool:
         """Load the newest verified checkpoint if it is newer than the served one."""
+        if self.directory is None:
+            return False
         found = latest_verified(self.directory)
         if found is None:
             return False
@@ -114,9 +131,49 @@ class ModelServer:
         log.info("serving %s (round %d, model %s)", path.name, ckpt.round, ckpt.model_hash[:12])
         return True
 
+    async def refresh_from_swarm(self) -> bool:
+        """Serve the followed run's current state if the swarm is past our round."""
+        if self.follow is None:
+            return False
+        node, run = self.follow
+        heads = await read_heads(node, run)
+        served_round = self.served.round if self.served is not None else -1
+        if not heads or max(r for _, r, _ in heads) <= served_round:
+            return False
+        model = await asyncio.to_thread(self.factory)
+        params = [p for p in model.parameters() if p.requires_grad]
+        numel = sum(p.numel() for p in params)
+        try:
+            # params then outer momentum, fp32: the layout DiLoCo publishes
+            snap = await fetch_state(node, run, 2 * 4 * numel, wait_s=SWARM_FETCH_WAIT_S)
+        except RuntimeError as exc:  # no publisher answered with the agreed state
+            log.warning("could not fetch run %s's state: %s", run, exc)
+            return False
+        if snap is None or snap.round <= served_round:
+            return False
+        with torch.no_grad():
+            flat = torch.frombuffer(bytearray(snap.data[: 4 * numel]), dtype=torch.float32)
+            unflatten_into(flat, params)
+        named = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+        h = model_hash(named)
+        model.eval()
+        self.served = Served(Path(f"swarm:{run}"), snap.round, h, model)
+        log.info("serving run %s's state at round %d (model %s)", run, snap.round, h[:12])
+        return True
+
+    def describe(self) -> str:
+        where = [str(self.directory)] if self.directory is not None else []
+        if self.follow is not None:
+            where.append(f"run {self.follow[1]}")
+        return " or ".join(where)
+
     async def watch(self) -> None:
         while True:
             await asyncio.to_thread(self.refresh)
+            try:
+                await self.refresh_from_swarm()
+            except (TimeoutError, OSError) as exc:  # DHT lookups time out under churn
+                log.warning("following the swarm: %s", exc)
             await asyncio.sleep(RELOAD_INTERVAL_S)
 
     async def handle_predict(self, req: Request) -> Response:
@@ -125,7 +182,7 @@ class ModelServer:
         prompt, tokens = _parse_predict(req.body)
         served = self.served
         if served is None:
-            return Response.json(503, {"error": f"no verified checkpoint in {self.directory}"})
+            return Response.json(503, {"error": f"no verified model yet from {self.describe()}"})
         async with self._busy:
             out = await asyncio.to_thread(generate, served.model, prompt, tokens)
         return Response.json(200, {**out, "round": served.round, "model_hash": served.model_hash})
@@ -133,7 +190,7 @@ class ModelServer:
     async def handle_model(self, req: Request) -> Response:
         s = self.served
         if s is None:
-            return Response.json(503, {"error": "no verified checkpoint yet"})
+            return Response.json(503, {"error": f"no verified model yet from {self.describe()}"})
         return Response.json(
             200, {"path": str(s.path), "round": s.round, "model_hash": s.model_hash}
         )
