@@ -7,12 +7,15 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint typecheck unit bench clean deploy-check deploy-deps
 
+# tools/install-testbed-deps.sh: the testbed's Debian packages (as root, when missing),
+# before pip builds NetfilterQueue against libnetfilter-queue.
 $(STAMP): pyproject.toml Makefile
+	tools/install-testbed-deps.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 exactly: a CPU wheel on this machine's disk; other specs pull GBs of CUDA.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,train,deploy,ledger]'
+	$(PY) -m pip install -q -e '.[test,train,deploy,ledger,testbed]'
 	touch $(STAMP)
 
 demo: $(STAMP)

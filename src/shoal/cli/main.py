@@ -18,8 +18,10 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from shoal.cli.firewall_cmd import firewall_app
 from shoal.cli.ledger_cmd import ledger_app
 from shoal.cli.sim_cmd import sim_app
+from shoal.cli.testnet_cmd import testnet_app
 from shoal.identity import KeyFileError
 from shoal.runtime import control
 from shoal.wire.contact import Contact, split_addr
@@ -30,6 +32,8 @@ dht_app = typer.Typer(no_args_is_help=True, help="Store and fetch DHT records vi
 app.add_typer(node_app, name="node")
 app.add_typer(dht_app, name="dht")
 app.add_typer(sim_app, name="sim")
+app.add_typer(testnet_app, name="testnet")
+app.add_typer(firewall_app, name="firewall")
 app.add_typer(ledger_app)  # top-level `shoal chain`, `shoal verify`
 
 out = Console()

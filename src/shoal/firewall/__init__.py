@@ -1,0 +1,1 @@
+"""A node's host firewall plan (nftables), rendered for operators to apply."""
