@@ -232,3 +232,23 @@ def test_cli_verify_over_chain_rpc(tmp_path: Path) -> None:
         proc.wait(timeout=30)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+def test_a_peer_that_missed_a_commitment_does_not_break_verify(lineage: Lineage) -> None:
+    """node2 records round 1 without node1's commitment (it did not arrive in time);
+    the anchored set (all three) is the lineage, node2's smaller set is a warning."""
+    from shoal.ledger.payloads import RoundAggregate
+
+    lg = lineage.ledgers[2]
+    (full,) = [
+        payload_of(e) for e in lg.store.entries(lg.peer_id)
+        if e.kind == Kind.ROUND_AGGREGATE and payload_of(e).round == 1  # type: ignore[union-attr]
+    ]  # fmt: skip
+    assert isinstance(full, RoundAggregate)
+    partial = [c for c in full.contributors if c.author != lineage.ids[1].peer_id]
+    lg._used.difference_update(c.entry_hash for c in partial)
+    lg.record_round(1, full.model_hash, partial)
+    report = verify_lineage(lineage.checkpoints[-1], find_feed_files(lineage.root),
+                            lineage.chains[0])  # fmt: skip
+    assert len(report.contributors) == 3
+    assert any("different contributor set" in w for w in report.warnings)
