@@ -34,6 +34,14 @@ Faults (what the caller sees):
   latest after ``timeout_s``. The caller retries with the survivors under a new
   session id.
 
+Robust aggregation (``aggregator=``, see shoal.aggregation): owner j applies the rule
+to the contributions it holds for shard j instead of the weighted mean. Coordinate-wise
+rules (median, trimmed mean) need nothing more. Whole-vector rules (Multi-Krum,
+centered clipping) ask for sums of small per-shard statistics (distances, norms); each
+such sum is a nested all-reduce of that statistic among the same group, session
+``<session>/s<k>``, so every owner gets identical bits and makes the same choice. A
+member missing from a nested exchange fails the whole all-reduce (AllReduceFailed).
+
 Weak spots, on purpose for now: a lying *owner* can send different averages to
 different members (caught afterwards by the model-hash check of the round, not
 here); weights are taken as claimed; success is not atomic across members (a member
@@ -44,14 +52,17 @@ and others with AllReduceFailed); and int8 error feedback must wrap the whole ca
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 
+from shoal.aggregation.base import AggregationError, Aggregator
 from shoal.averaging.bulk_router import BulkRouter
 from shoal.averaging.shards import shard_bounds
 from shoal.averaging.stream_format import (
@@ -142,8 +153,11 @@ class AllReduce:
         model_version: int,
         timeout_s: float,
         probe_interval_s: float = PROBE_INTERVAL_S,
+        aggregator: Aggregator | None = None,
     ) -> None:
         self._router = router
+        self._aggregator = aggregator  # None: the weighted mean below
+        self._exchanges = itertools.count()
         self._transport: Transport = router.transport
         self._group = list(group)
         ids = [c.peer_id for c in self._group]
@@ -502,13 +516,17 @@ class AllReduce:
         return x, 0, ""
 
     def _reduce_sync(
-        self, arrived: dict[int, tuple[bytearray, float]], checked: dict[int, Checked]
+        self,
+        arrived: dict[int, tuple[bytearray, float]],
+        checked: dict[int, Checked],
+        global_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[list[tuple[int, int, str]], list[float], float]:
         """Average our shard into ``self._out`` (worker thread). Returns the members
         rejected while decoding, the weight used per member, and the divisor."""
         lo, hi = self._bounds[self._idx]
         k = hi - lo
         parts: list[tuple[torch.Tensor, float]] = []
+        by_member: list[torch.Tensor | None] = [None] * self._n
         rejected: list[tuple[int, int, str]] = []
         weights = [0.0] * self._n
         for m in range(self._n):  # group order = peer-id order: a fixed summation order
@@ -524,15 +542,19 @@ class AllReduce:
             else:
                 continue
             parts.append((x, w))
+            by_member[m] = x
             weights[m] = w
         total = sum(w for _, w in parts)
         acc = self._out[lo:hi]
-        acc.zero_()
-        tmp = torch.empty(k, dtype=torch.float32)
-        for x, w in parts:
-            # w / total in float64, one rounding to fp32: as diloco_math.weighted_average.
-            torch.mul(x, torch.tensor(w / total, dtype=torch.float32), out=tmp)
-            acc.add_(tmp)
+        if self._aggregator is not None and global_sum is not None:
+            acc.copy_(self._aggregator.aggregate(by_member, weights, global_sum))
+        else:
+            acc.zero_()
+            tmp = torch.empty(k, dtype=torch.float32)
+            for x, w in parts:
+                # w / total in float64, one rounding to fp32: as diloco_math.weighted_average.
+                torch.mul(x, torch.tensor(w / total, dtype=torch.float32), out=tmp)
+                acc.add_(tmp)
         if not all_finite(acc):
             raise CompressionError("averaged shard overflowed fp32")
         if self._codec == "none":
@@ -548,7 +570,22 @@ class AllReduce:
         arrived, self._arrived = self._arrived, {}
         checks, self._checks = self._checks, {}
         checked = {m: await t for m, t in checks.items() if m in arrived}
-        rejected, weights, total = await asyncio.to_thread(self._reduce_sync, arrived, checked)
+        loop = asyncio.get_running_loop()
+
+        def global_sum(stats: torch.Tensor) -> torch.Tensor:
+            # Called from the reduce worker thread; the nested all-reduce runs on the loop.
+            return asyncio.run_coroutine_threadsafe(self._sum_over_group(stats), loop).result()
+
+        if self._aggregator is not None and self._aggregator.needs_global_stats:
+            # Its own thread: it blocks on nested all-reduces, which need the shared
+            # to_thread pool free (several members in one process would exhaust it).
+            with ThreadPoolExecutor(1, thread_name_prefix="shoal-aggregate") as pool:
+                work = functools.partial(self._reduce_sync, arrived, checked, global_sum)
+                rejected, weights, total = await loop.run_in_executor(pool, work)
+        else:
+            rejected, weights, total = await asyncio.to_thread(
+                self._reduce_sync, arrived, checked, global_sum
+            )
         del arrived, checked
         for m, status, reason in rejected:
             self._excluded[m] = (status, reason)
@@ -562,6 +599,24 @@ class AllReduce:
         self._headers[self._idx] = header
         self._shard_payload.insert(0, header.encode())
         return total
+
+    async def _sum_over_group(self, stats: torch.Tensor) -> torch.Tensor:
+        """Sum of every member's ``stats`` (a small fp32 vector), identical bits everywhere:
+        a nested all-reduce with equal weights, scaled back up by the group size."""
+        job = AllReduce(
+            self._router, self._group[self._idx], self._group,
+            f"{self._session}/s{next(self._exchanges)}",
+            stats.to(torch.float32).reshape(-1).contiguous(), 1.0,
+            compression="none", model_version=self._version,
+            timeout_s=self._timeout, probe_interval_s=self._probe_interval,
+        )  # fmt: skip
+        res = await job.run()
+        if len(res.contributors) != self._n:
+            ids = [c.peer_id for c in self._group]
+            gone = [p for p in ids if p not in res.contributors]
+            raise AllReduceFailed(gone, res.excluded, "a member left a robust-aggregation exchange")
+        total = res.average * torch.tensor(float(self._n), dtype=torch.float32)
+        return total.reshape(stats.shape)
 
     async def _decode_result(self, j: int, buf: bytearray) -> None:
         try:
@@ -655,7 +710,10 @@ class AllReduce:
             if all(self._resolved(m) for m in range(self._n)):
                 try:
                     await self._reduce()
-                except CompressionError as exc:
+                except AllReduceFailed as exc:  # a nested exchange of a robust aggregator
+                    self._fatal = str(exc)
+                    return exc
+                except (CompressionError, AggregationError) as exc:
                     self._fatal = str(exc)
                     return AllReduceFailed([], {}, f"all-reduce {self._session}: {exc}")
                 for m in range(self._n):
@@ -739,12 +797,14 @@ async def all_reduce(
     model_version: int,
     timeout_s: float,
     probe_interval_s: float = PROBE_INTERVAL_S,
+    aggregator: Aggregator | None = None,
 ) -> AllReduceResult:
     """Weighted average of ``flat`` across ``group``; every member gets identical bits.
 
     ``group`` is the same list, sorted by peer id, at every member, and includes
     ``me``; ``session`` is unique to this attempt (e.g. f"{run}/r{round}/g{g}/a{try}").
     ``flat`` (1-D fp32, contiguous, finite) must not change until this returns.
+    ``aggregator`` replaces the weighted mean by a robust rule (shoal.aggregation).
     Raises ValueError for bad arguments and AllReduceFailed if members are missing.
     """
     if isinstance(router, Transport):
@@ -760,5 +820,6 @@ async def all_reduce(
         model_version=model_version,
         timeout_s=timeout_s,
         probe_interval_s=probe_interval_s,
+        aggregator=aggregator,
     )
     return await job.run()

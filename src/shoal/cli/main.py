@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 from rich.table import Table
 
+from shoal.cli.bench_cmd import bench_app
 from shoal.cli.firewall_cmd import firewall_app
 from shoal.cli.ledger_cmd import ledger_app
 from shoal.cli.sim_cmd import sim_app
@@ -35,6 +36,7 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(testnet_app, name="testnet")
 app.add_typer(firewall_app, name="firewall")
 app.add_typer(ledger_app)  # top-level `shoal chain`, `shoal verify`
+app.add_typer(bench_app, name="bench")
 
 out = Console()
 err = Console(stderr=True)
