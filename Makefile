@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# torch==2.13.0 exactly: a CPU wheel on this machine's disk; other specs pull GBs of CUDA.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,train,deploy,ledger,testbed]'
+	$(PY) -m pip install -q -e '.[test,train,deploy,ledger,testbed,privacy]'
 	touch $(STAMP)
 
 demo: $(STAMP)
