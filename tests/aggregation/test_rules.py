@@ -83,7 +83,9 @@ def test_krum_select_ties_break_by_index() -> None:
 
 def test_centered_clipping_fixed_radius_bounds_influence() -> None:
     honest = [torch.zeros(10) for _ in range(9)]
-    out = CenteredClipping(iterations=1, radius=1.0).aggregate([*honest, torch.full((10,), 1e6)], [1] * 10)
+    out = CenteredClipping(iterations=1, radius=1.0).aggregate(
+        [*honest, torch.full((10,), 1e6)], [1] * 10
+    )
     assert float(out.norm()) <= 1.0 / 10 + 1e-6
 
 

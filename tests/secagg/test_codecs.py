@@ -41,7 +41,8 @@ def test_shamir_errors() -> None:
 @given(
     values=st.lists(
         st.lists(st.floats(-8, 8, allow_nan=False, width=32), min_size=3, max_size=3),
-        min_size=1, max_size=8,
+        min_size=1,
+        max_size=8,
     )
 )
 def test_fixed_point_sum_decodes(values: list[list[float]]) -> None:

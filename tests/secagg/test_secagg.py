@@ -10,8 +10,7 @@ import pytest
 import torch
 from scipy import stats
 
-from shoal.secagg import SecAggClient, SecAggCollector, SecAggError, run_local
-from shoal.secagg import fixed_point, prg
+from shoal.secagg import SecAggClient, SecAggCollector, SecAggError, fixed_point, prg, run_local
 from shoal.secagg.messages import MaskedInput, UnmaskRequest
 
 N, T, K = 5, 3, 4096
@@ -109,7 +108,10 @@ def test_a_coalition_below_threshold_cannot_recover_an_update() -> None:
     residual &= fixed_point.MASK
     target = fixed_point.encode(xs[0], 8.0, 16)
     assert _uniform_p(residual) > 1e-3
-    assert abs(stats.pearsonr(residual.double().numpy(), target.double().numpy()).statistic) < 4 / k**0.5
+    assert (
+        abs(stats.pearsonr(residual.double().numpy(), target.double().numpy()).statistic)
+        < 4 / k**0.5
+    )
     assert float(((residual - target) & fixed_point.MASK).eq(0).float().mean()) < 1e-3
     # Their T-1 shares of peer 1's self-mask seed fit *any* seed equally well: for a
     # made-up seed there is a share for a missing peer that completes it.

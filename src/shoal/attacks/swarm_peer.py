@@ -55,7 +55,7 @@ class ForgedVersion(AllReduce):
     claimed_version = 0
 
     async def contribution(self, owner: int) -> tuple[str, list[Buffer]]:
-        tag, body = await super().contribution(owner)
+        _, body = await super().contribution(owner)
         t = ContributionTag(
             self._idx, owner, self.claimed_version, self._numel, self._codec, self._weight
         )

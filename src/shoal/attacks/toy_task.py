@@ -63,6 +63,6 @@ def local_steps(
         idx = torch.randint(0, x.shape[0], (batch,), generator=generator)
         loss = torch.nn.functional.cross_entropy(model(x[idx]), y[idx])
         opt.zero_grad()
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         opt.step()
     return steps * batch

@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn
 
 bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks.")
 
@@ -27,7 +27,8 @@ def parse_attack_params(items: list[str]) -> dict[str, float]:
         try:
             params[key] = float(value)
         except ValueError:
-            raise typer.BadParameter(f"{value!r} is not a number", param_hint="--attack-param")
+            msg = f"{value!r} is not a number"
+            raise typer.BadParameter(msg, param_hint="--attack-param") from None
     return params
 
 
@@ -71,10 +72,11 @@ def robustness(
     ) as progress:
         for label, agg, att in runs:
             task = progress.add_task(f"{label}: {agg} / {att}", total=rounds)
-            res = run(
-                cfg, agg, att, fraction, params if att != "none" else None,
-                on_round=lambda r, loss, t=task: progress.update(t, completed=r + 1),
-            )  # fmt: skip
+
+            def tick(r: int, loss: float, t: TaskID = task) -> None:
+                progress.update(t, completed=r + 1)
+
+            res = run(cfg, agg, att, fraction, params if att != "none" else None, on_round=tick)
             finals[label] = res.final_loss
             excluded = max(excluded, res.excluded)
     result = {

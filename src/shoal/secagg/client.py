@@ -112,7 +112,7 @@ class SecAggClient:
             raise SecAggError("our own key advert is missing or altered")
         if len(adverts) < self.t:
             raise SecAggError(f"{len(adverts)} peers advertised; the threshold is {self.t}")
-        keys = set()
+        keys: set[bytes] = set()
         for j, a in adverts.items():
             if a.sender != j or not 1 <= j <= self.n:
                 raise SecAggError(f"advert under id {j} claims sender {a.sender}")
@@ -140,7 +140,10 @@ class SecAggClient:
     def _keep(self, sender: int, plain: bytes) -> None:
         if len(plain) != _PLAIN:
             raise SecAggError(f"share from {sender} has {len(plain)} bytes")
-        if int.from_bytes(plain[:4], "big") != sender or int.from_bytes(plain[4:8], "big") != self.me:
+        if (
+            int.from_bytes(plain[:4], "big") != sender
+            or int.from_bytes(plain[4:8], "big") != self.me
+        ):
             raise SecAggError(f"share from {sender} is addressed to someone else")
         self._b_shares[sender] = plain[8 : 8 + shamir.SHARE_BYTES]
         self._key_shares[sender] = plain[8 + shamir.SHARE_BYTES :]

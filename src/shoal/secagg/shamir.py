@@ -20,7 +20,10 @@ class ShamirError(ValueError):
 
 
 def split(
-    secret: bytes, threshold: int, xs: list[int], randbelow: Callable[[int], int] = secrets.randbelow
+    secret: bytes,
+    threshold: int,
+    xs: list[int],
+    randbelow: Callable[[int], int] = secrets.randbelow,
 ) -> dict[int, bytes]:
     """Shares of ``secret`` at the points ``xs`` (distinct, in 1..PRIME-1)."""
     if len(secret) != SECRET_BYTES:
