@@ -116,6 +116,7 @@ class DiLoCo:
         self.round_steps = 0
         self.round_samples = 0
         self.history: list[RoundLog] = []
+        self.sync_s = 0.0  # seconds spent in sync(): waiting, averaging, catching up
         assert node.node is not None
         self._node = node.node
         self._server: StateServer = node.call(self._make_server())
@@ -152,6 +153,14 @@ class DiLoCo:
 
     def sync(self) -> RoundLog:
         """Average with the swarm now, apply the outer step, and start the next round."""
+        t0 = time.monotonic()
+        try:
+            return self._sync()
+        finally:
+            # wall time not spent on inner steps: the compute-utilisation benchmark's input
+            self.sync_s += time.monotonic() - t0
+
+    def _sync(self) -> RoundLog:
         local = flatten_params(self.params)
         delta = pseudo_gradient(self.global_flat, local)
         # Error feedback: what int8 loses this round is added to the next round's delta.

@@ -1,4 +1,4 @@
-"""Real ``shoal train`` processes inside testbed hosts, for the chaos suite.
+"""Real ``shoal train`` processes inside testbed hosts (the chaos suite, benchmarks).
 
 Each peer is started with ``shoal testnet exec hN -- python -m shoal.cli.main train``,
 so its PID is the trainer's own and ``shoal testnet kill`` / ``down`` end it.
@@ -18,9 +18,9 @@ from typing import Any
 
 from shoal.testbed.state import TestnetState
 from shoal.training.run_config import RunConfig, dump_run_config
-from tests.testbed.conftest import SHOAL
 
 P2P_PORT = 7000
+SHOAL = [sys.executable, "-m", "shoal.cli.main"]
 
 
 @dataclass
@@ -31,6 +31,12 @@ class ChaosRun:
     inner_steps: int = 6
     deadline_s: float = 20.0
     peers: int = 8
+    # the chaos suite's tiny model; benchmarks pass {} for the demo's model
+    model_kwargs: dict[str, Any] = field(
+        default_factory=lambda: {"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32}
+    )
+    batch_size: int = 8
+    block_size: int = 32
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     boot: str = ""
 
@@ -41,8 +47,8 @@ class ChaosRun:
         return RunConfig(
             name="chaos", data_dir=d, rounds=self.rounds, inner_steps=self.inner_steps,
             expected_peers=self.peers, deadline_s=self.deadline_s, compression="int8",
-            model_kwargs={"n_layer": 1, "n_head": 2, "n_embd": 32, "block_size": 32},
-            batch_size=8, block_size=32, rank=i, world=len(self.net.hosts),
+            model_kwargs=self.model_kwargs, batch_size=self.batch_size,
+            block_size=self.block_size, rank=i, world=len(self.net.hosts),
             listen=f"{addr}:{P2P_PORT}", bootstrap=[self.boot] if self.boot else [],
             progress_file=d / "progress.jsonl", result_file=d / "result.json",
         )  # fmt: skip

@@ -118,6 +118,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             "bytes_received": node.transport.bytes_received,
             "numel": int(opt.global_flat.numel()),
             "wall_s": round(time.monotonic() - t0, 2),
+            "sync_s": round(opt.sync_s, 3),
             "ledger": ledger.stats() if ledger is not None else None,
         }
         if cfg.result_file is not None:
