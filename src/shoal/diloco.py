@@ -130,7 +130,8 @@ class DiLoCo:
         return StateServer(self._node, self.run)
 
     async def _make_averager(self, timeout_s: float) -> SwarmAverager:
-        return SwarmAverager(self._node, self.run, self.compression, timeout_s)
+        admit = getattr(self.ledger, "admits", None)  # refuse peers the chain has not admitted
+        return SwarmAverager(self._node, self.run, self.compression, timeout_s, admit)
 
     # -- torch optimizer surface -------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -77,7 +77,7 @@ class RunLedger:
                 return
         self.store.append(self.identity, JoinedRun(self.run))
 
-    def _is_admitted(self, peer: PeerId) -> bool:
+    def is_admitted(self, peer: PeerId) -> bool:
         if self.chain is None:
             return True
         now = time.monotonic()
@@ -131,7 +131,7 @@ class RunLedger:
         stored = self.store.get(entry.author, entry.seq)
         if stored is None or stored.hash != entry.hash:
             raise CommitmentRejected(f"commitment {who} is not in the author's verified feed")
-        if not self._is_admitted(entry.author):
+        if not self.is_admitted(entry.author):
             raise CommitmentRejected(f"{entry.author} is not admitted on-chain")
         return Contribution(entry.author, entry.seq, entry.hash, p.samples)
 

@@ -80,6 +80,14 @@ class LedgerHook:
     def join(self) -> None:
         self.ledger.join()
 
+    def admits(self, peer: PeerId) -> bool:
+        """Is ``peer`` admitted on-chain (cached)? The averager refuses it otherwise."""
+        try:
+            return self.ledger.is_admitted(peer)
+        except LedgerError as exc:  # chain unreachable: do not drop honest peers for it
+            log.warning("admission check for %s failed: %s", peer.short(), exc)
+            return True
+
     def _peers(self) -> list[Contact]:
         return [
             Contact(PeerId.parse(p["peer_id"]), p["addr"])

@@ -15,11 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from shoal.averaging.allreduce import AllReduceFailed, AllReduceResult, all_reduce
+from shoal.identity.keys import PeerId
 from shoal.peer.round_peer import RoundPeer
 from shoal.rounds.events import GroupFallback, GroupFormed, RoundClosed
 from shoal.runtime.node import Node
@@ -39,9 +41,17 @@ class RoundOutcome:
 
 class SwarmAverager:
     def __init__(
-        self, node: Node, run: str, compression: str = "int8", allreduce_timeout_s: float = 60.0
+        self,
+        node: Node,
+        run: str,
+        compression: str = "int8",
+        allreduce_timeout_s: float = 60.0,
+        admit: Callable[[PeerId], bool] | None = None,
     ) -> None:
         self.node = node
+        # The ledger's admission check (blocking; run off the loop). A group member it
+        # refuses is reported as failed, so the round core re-forms the group without it.
+        self.admit = admit
         self.run = run
         self.compression = compression
         self.timeout_s = allreduce_timeout_s
@@ -102,6 +112,13 @@ class SwarmAverager:
         for _ in range(MAX_ATTEMPTS):
             group = await self._wait_group(round_no, tried, deadline)
             tried.add(group.attempt)
+            refused = await self._refused(group)
+            if refused:
+                log.warning("round %d: refusing %s (not admitted on-chain)", round_no,
+                            ", ".join(p.short() for p in refused))  # fmt: skip
+                now = time.time()
+                node.apply(core.from_rounds(now, core.rounds.report_failed(now, round_no, refused)))
+                continue
             me = next(i for i, m in enumerate(group.members) if m.peer_id == node.peer_id)
             session = f"{self.run}/r{round_no}/a{group.attempt}/{group.leader.short()}"
             try:
@@ -126,6 +143,14 @@ class SwarmAverager:
             node.apply(core.from_rounds(now, core.rounds.complete_round(now, round_no)))
             return RoundOutcome(res, group)
         raise RuntimeError(f"round {round_no}: no successful all-reduce in {MAX_ATTEMPTS} tries")
+
+    async def _refused(self, group: GroupFormed) -> list[PeerId]:
+        admit = self.admit
+        if admit is None:
+            return []
+        others = [m.peer_id for m in group.members if m.peer_id != self.node.peer_id]
+        ok = await asyncio.to_thread(lambda: [admit(p) for p in others])
+        return [p for p, good in zip(others, ok, strict=True) if not good]
 
     async def _wait_group(self, round_no: int, tried: set[int], deadline: float) -> GroupFormed:
         while True:
