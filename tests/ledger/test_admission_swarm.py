@@ -51,9 +51,6 @@ def test_unadmitted_peer_is_left_out_of_admitted_groups(tmp_path: Path) -> None:
     outsider = (dirs[2] / "node.json").read_text()
     outsider_id = json.loads(outsider)["peer_id"]
     for r in results:
-        assert r["ledger"]["anchored_rounds"] or any(
-            x["ledger"]["anchored_rounds"] for x in results
-        )
         assert all(h["group_size"] == 2 for h in r["history"]), r["history"]
     logs = "".join((d / "node.log").read_text() for d in dirs[:2])
     assert "not admitted on-chain" in logs
