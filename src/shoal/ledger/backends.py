@@ -48,7 +48,10 @@ class ChainRecord:
 
     @classmethod
     def load(cls, data_dir: Path) -> ChainRecord:
-        path = data_dir / CHAIN_RECORD
+        return cls.load_file(data_dir / CHAIN_RECORD)
+
+    @classmethod
+    def load_file(cls, path: Path) -> ChainRecord:
         try:
             doc = json.loads(path.read_text())
             return cls(
