@@ -206,3 +206,23 @@ def test_cancun_build_breaks_on_a_shanghai_node_and_shanghai_build_works(
             assert ls[2].is_banned(ident(2).peer_id)
         else:
             assert revert_reason(ls[2].submit_equivocation, _equivocation(2)) == "invalid-opcode"
+
+
+def test_forged_proof_passes_the_contract_but_verifiers_flag_it(chain: ChainUnderTest) -> None:
+    """The trust limit, shown: the EVM checks proofs only structurally, so an admitted
+    reporter can get a peer banned with garbage signatures; every verifier re-checks
+    the signatures from the event and names the false accuser."""
+    from shoal.ledger.verify import check_onchain_proofs
+
+    ls = ledgers(chain, 3)
+    peers = _admit(ls)
+    real = _equivocation(2)
+    forged_b = type(real.b)(real.b.author, real.b.seq, real.b.prev_hash, real.b.kind,
+                            real.b.timestamp_ms, b"other", bytes(64))  # fmt: skip
+    fn = ls[2].contract.functions.submit_equivocation(
+        ls[2].run_id, real.a.header, real.a.signature, forged_b.header, forged_b.signature
+    )
+    ls[2]._transact(fn, 300_000)
+    assert ls[0].is_banned(peers[1])
+    (warning,) = check_onchain_proofs(ls[0])
+    assert warning.startswith("FALSE equivocation proof") and peers[2].short() in warning

@@ -17,9 +17,9 @@ import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shoal.identity.keys import PeerId
+from shoal.identity.keys import PeerId, verify
 from shoal.ledger.chain import Ledger
-from shoal.ledger.entry import Entry, EntryError, Kind
+from shoal.ledger.entry import Entry, EntryError, Kind, parse_header
 from shoal.ledger.equivocation import InvalidProof, decode_proof
 from shoal.ledger.feed import FeedError, FeedStore, check_feed
 from shoal.ledger.merkle import feeds_root
@@ -220,4 +220,29 @@ def verify_lineage(
         if chain.is_banned(c.author):
             report.warnings.append(f"contributor {c.author.short()} is banned on-chain")
     report.ok("anchor", f"round {agg.round} anchored on-chain by {submitter.short()}")
+    report.warnings += check_onchain_proofs(chain)
     return report
+
+
+def check_onchain_proofs(chain: Ledger) -> list[str]:
+    """Re-check every equivocation proof the contract accepted. The contract checks
+    proofs only structurally (no Ed25519 in the EVM), so a proof whose signatures do
+    not verify is a false accusation; it is reported, naming the reporter."""
+    out = []
+    for ev in chain.equivocation_events():
+        ok = True
+        for header, sig in ((ev.header_a, ev.sig_a), (ev.header_b, ev.sig_b)):
+            try:
+                author, _, _ = parse_header(header)
+            except (EntryError, ValueError):
+                ok = False
+                continue
+            ok = ok and author == ev.peer and verify(author, sig, header)
+        if ok:
+            out.append(f"{ev.peer.short()} was banned on-chain for equivocation (proof valid)")
+        else:
+            out.append(
+                f"FALSE equivocation proof on-chain: {ev.reporter.short()} had "
+                f"{ev.peer.short()} banned with signatures that do not verify"
+            )
+    return out
