@@ -4,7 +4,9 @@ Eight testbed hosts on the wan profile (100 Mbit/s, 50 ms RTT, 1% loss) each run
 real ``shoal train`` process with the demo's model. Per peer, utilisation =
 1 - (seconds inside ``DiLoCo.sync``: waiting for the round to close, grouping, the
 all-reduce, the head vote) / (wall seconds of the training loop). Baseline in the same
-run: the same swarm on the lan profile (1 Gbit/s, no delay, no loss).
+run: the same swarm on the lan profile (1 Gbit/s, no delay, no loss). The wan swarm
+runs twice: as is, and with ``[run] overlap = true`` (round r's average runs while round
+r+1 computes; the outer step lands one round late).
 
 Caveat: eight trainers share this machine's cores, so an inner step is several times
 slower than on a dedicated machine, which flatters utilisation; the table gives the
@@ -32,10 +34,13 @@ NAME = "butil"
 HOSTS = [f"h{i}" for i in range(8)]
 
 
-def measure(profile: str, rounds: int, inner_steps: int, out: Path) -> dict[str, Any]:
+def measure(
+    profile: str, rounds: int, inner_steps: int, out: Path, overlap: bool = False
+) -> dict[str, Any]:
     net = applier.up(NAME, len(HOSTS), get_profile(profile))
-    run = ChaosRun(net, out / profile, rounds=rounds, inner_steps=inner_steps,
-                   deadline_s=120.0, model_kwargs={}, batch_size=16, block_size=64)  # fmt: skip
+    run = ChaosRun(net, out / f"{profile}-{overlap}", rounds=rounds, inner_steps=inner_steps,
+                   deadline_s=120.0, model_kwargs={}, batch_size=16, block_size=64,
+                   overlap=overlap)  # fmt: skip
     try:
         cfgs = run.start_all(HOSTS)
         codes = run.wait_exit(HOSTS, 1800)
@@ -66,6 +71,7 @@ def main() -> int:
         res = {
             "machine": f"{platform.node()} {platform.machine()}",
             "wan": measure("wan", args.rounds, args.inner_steps, Path(tmp)),
+            "wan, overlap": measure("wan", args.rounds, args.inner_steps, Path(tmp), True),
             "lan (baseline)": measure("lan", args.rounds, args.inner_steps, Path(tmp)),
         }
     print(json.dumps(res, indent=1))

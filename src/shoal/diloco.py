@@ -16,6 +16,7 @@ restarts from them. Every member of a group ends the round with bit-identical pa
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import time
 from collections import Counter
@@ -43,7 +44,7 @@ from shoal.training.state_sync import (
     read_heads,
     state_hash,
 )
-from shoal.training.swarm_averager import SwarmAverager
+from shoal.training.swarm_averager import RoundOutcome, SwarmAverager
 from shoal.wire.contact import Contact
 
 log = logging.getLogger(__name__)
@@ -95,9 +96,12 @@ class DiLoCo:
         allreduce_timeout_s: float = 60.0,
         join_existing: bool = True,
         ledger: RoundLedger | None = None,
+        overlap: bool = False,
     ) -> None:
         if inner_steps < 1:
             raise ValueError("inner_steps must be >= 1")
+        if overlap and ledger is not None:
+            raise ValueError("overlap=True does not support a ledger yet")
         self.model = model
         self.inner = inner_optimizer
         self.run = run
@@ -117,6 +121,11 @@ class DiLoCo:
         self.round_samples = 0
         self.history: list[RoundLog] = []
         self.sync_s = 0.0  # seconds spent in sync(): waiting, averaging, catching up
+        # overlap: round r's averaging runs on the node loop while round r+1 computes;
+        # its outer update is applied one round late (see _sync_overlapped).
+        self.overlap = overlap
+        self._pending: concurrent.futures.Future[RoundOutcome] | None = None
+        self._round_start: torch.Tensor | None = None
         assert node.node is not None
         self._node = node.node
         self._server: StateServer = node.call(self._make_server())
@@ -145,17 +154,23 @@ class DiLoCo:
         self.local_steps += 1
         self.round_steps += 1
         self.round_samples += samples
-        if self.round_steps >= self.inner_steps or self._averager.closed(self.round):
+        if self.round_steps >= self.inner_steps or self._averager.closed(self.compute_round):
             return self.sync()
         if self.round_steps % PROGRESS_EVERY == 0:
             # a callback on the node's loop, not a task: nothing to wait for or leak
-            self.node_thread.call_soon(self._averager.report, self.round, self.round_samples)
+            self.node_thread.call_soon(
+                self._averager.report, self.compute_round, self.round_samples
+            )
         return None
 
-    def sync(self) -> RoundLog:
-        """Average with the swarm now, apply the outer step, and start the next round."""
+    def sync(self) -> RoundLog | None:
+        """Average with the swarm now, apply the outer step, and start the next round.
+        With ``overlap``, start this round's average and apply the previous one's
+        outer step (None when there was none yet)."""
         t0 = time.monotonic()
         try:
+            if self.overlap:
+                return self._sync_overlapped()
             return self._sync()
         finally:
             # wall time not spent on inner steps: the compute-utilisation benchmark's input
@@ -191,6 +206,78 @@ class DiLoCo:
         log.info("round %d done: hash %s, group of %d", self.round, h[:12], entry.group_size)
         self._begin_round(expect=len(outcome.group.members) - 1)
         return entry
+
+    @property
+    def compute_round(self) -> int:
+        """The swarm round the inner steps now running belong to (with overlap, one
+        ahead of ``round``, the outer updates applied, while an average is pending)."""
+        return self.round + (1 if self._pending is not None else 0)
+
+    @property
+    def pending_round(self) -> int | None:
+        return self.round if self._pending is not None else None
+
+    def _sync_overlapped(self) -> RoundLog | None:
+        """One-step-delayed outer update.
+
+        At the end of compute round c: the pseudo-gradient of c is (params at c's start)
+        - (params now). Round c-1's average, which ran on the node loop during c's inner
+        steps, is waited for (usually already done) and its outer step applied to the
+        global params; the model restarts from them. Then c's average starts in the
+        background (after it, the node announces round c+1) and we return at once.
+        Members of a group apply the same average to the same global params, so they
+        stay bit-identical at every outer step, as without overlap.
+        """
+        local = flatten_params(self.params)
+        start = self._round_start if self._round_start is not None else self.global_flat
+        delta = pseudo_gradient(start, local)
+        encoded = self.feedback.encode("delta", delta)
+        delta_q = get_codec(self.compression).decode(encoded).reshape(-1).contiguous()
+        c = self.compute_round
+        entry = self._apply_pending()
+        if entry is None:  # first round: keep training from where the inner steps got to
+            self._round_start = local.clone()
+        else:
+            self._round_start = self.global_flat.clone()
+        self.round_steps = 0
+        samples = max(1, self.round_samples)
+        self.round_samples = 0
+        self._pending = self.node_thread.submit(self._average_then_begin(c, delta_q, samples))
+        return entry
+
+    async def _average_then_begin(self, c: int, delta: torch.Tensor, samples: int) -> RoundOutcome:
+        outcome = await self._averager.finish(c, delta, samples)
+        await self._averager.begin(c + 1)
+        return outcome
+
+    def _apply_pending(self) -> RoundLog | None:
+        """Wait for the pending average and apply its outer step (overlap mode)."""
+        if self._pending is None:
+            return None
+        outcome = self._pending.result()
+        self._pending = None
+        res = outcome.result
+        self.outer.step(self.global_flat, res.average)
+        unflatten_into(self.global_flat, self.params)
+        self.round += 1
+        h = model_hash(self._named_params())
+        entry = RoundLog(
+            self.round, h, len(outcome.group.members), outcome.group.total_samples,
+            res.bytes_sent, res.bytes_received,
+            {p.short(): why for p, why in res.excluded.items()},
+        )  # fmt: skip
+        self.history.append(entry)
+        self.node_thread.call(self._server.publish(self._snapshot()))
+        log.info("round %d applied: hash %s, group of %d", self.round, h[:12], entry.group_size)
+        return entry
+
+    def flush(self) -> RoundLog | None:
+        """Overlap mode: finish the pending round now (call after the last round)."""
+        t0 = time.monotonic()
+        try:
+            return self._apply_pending()
+        finally:
+            self.sync_s += time.monotonic() - t0
 
     def _begin_round(self, expect: int = 0) -> None:
         self._catch_up(expect)

@@ -37,6 +37,7 @@ class ChaosRun:
     )
     batch_size: int = 8
     block_size: int = 32
+    overlap: bool = False
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     boot: str = ""
 
@@ -48,7 +49,7 @@ class ChaosRun:
             name="chaos", data_dir=d, rounds=self.rounds, inner_steps=self.inner_steps,
             expected_peers=self.peers, deadline_s=self.deadline_s, compression="int8",
             model_kwargs=self.model_kwargs, batch_size=self.batch_size,
-            block_size=self.block_size, rank=i, world=len(self.net.hosts),
+            block_size=self.block_size, overlap=self.overlap, rank=i, world=len(self.net.hosts),
             listen=f"{addr}:{P2P_PORT}", bootstrap=[self.boot] if self.boot else [],
             progress_file=d / "progress.jsonl", result_file=d / "result.json",
         )  # fmt: skip

@@ -10,6 +10,7 @@ deadline_s = 120.0       # ...or this long after this peer reached the round's e
 group_size = 16          # Moshpit group size
 compression = "int8"     # "none" or "int8"
 seed = 0                 # same seed -> same initial model on every peer
+overlap = false          # average round r while round r+1 computes (outer step one round late)
 
 [model]
 factory = "shoal.training.model:tiny_gpt"   # importable "module:callable" -> nn.Module
@@ -60,6 +61,7 @@ class RunConfig:
     group_size: int = 16
     compression: str = "int8"
     seed: int = 0
+    overlap: bool = False
     model_factory: str = "shoal.training.model:tiny_gpt"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_path: str = "stdlib"
@@ -102,7 +104,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "name": "name", "rounds": "rounds", "inner_steps": "inner_steps",
         "target_samples": "target_samples", "expected_peers": "expected_peers",
         "deadline_s": "deadline_s", "group_size": "group_size", "compression": "compression",
-        "seed": "seed",
+        "seed": "seed", "overlap": "overlap",
     },
     "model": {"factory": "model_factory", "kwargs": "model_kwargs"},
     "data": {
@@ -149,6 +151,8 @@ def _check(cfg: RunConfig) -> None:
     for name in ("rounds", "inner_steps", "expected_peers", "group_size", "batch_size", "world"):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"{name} must be >= 1")
+    if not isinstance(cfg.overlap, bool):
+        raise ConfigError("run.overlap must be true or false")
     if not 0 <= cfg.rank < cfg.world:
         raise ConfigError("data.rank must be in [0, world)")
 

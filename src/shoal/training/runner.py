@@ -83,6 +83,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             model, inner, run=cfg.name, node=thread, inner_steps=cfg.inner_steps,
             outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
             compression=cfg.compression, allreduce_timeout_s=max(30.0, cfg.deadline_s),
+            overlap=cfg.overlap,
             ledger=ledger,
         )  # fmt: skip
         first_round = opt.round
@@ -97,6 +98,8 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             opt.zero_grad()
             loss.backward()
             done = opt.step(samples=len(x))
+            if opt.pending_round == cfg.rounds - 1:  # overlap: no round after the last
+                done = opt.flush()
             if done is not None:
                 readiness.set(True, "training", round=opt.round)
             if progress is not None and (opt.local_steps % 5 == 0 or done is not None):
