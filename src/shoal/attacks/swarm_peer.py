@@ -31,6 +31,7 @@ from shoal.averaging import AllReduce, BulkRouter
 from shoal.averaging.allreduce import Buffer
 from shoal.averaging.stream_format import ContributionTag
 from shoal.identity.keys import Identity
+from shoal.privacy import DpPseudoGradients
 from shoal.training.diloco_math import (
     OuterOptimizer,
     flatten_params,
@@ -98,10 +99,15 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
         outer = OuterOptimizer(lr=cfg.outer_lr, momentum=cfg.outer_momentum)
         history: list[torch.Tensor] = []
         excluded: dict[str, str] = {}
+        dp = None
+        if args.dp_noise > 0:
+            dp = DpPseudoGradients(args.dp_clip, args.dp_noise, args.dp_delta)
         for rnd in range(cfg.rounds):
             unflatten_into(global_flat, model.parameters())
             n = local_steps(model, opt, data.shards[args.index], cfg.inner_steps, cfg.batch, gen)
             honest = pseudo_gradient(global_flat, flatten_params(model.parameters()))
+            if dp is not None:
+                honest = dp.privatize(honest)  # clipped and noised before it leaves us
             forged = Forged(honest, float(n), rnd)
             if args.attack != "none":
                 forged = behaviour(AttackContext(
@@ -129,6 +135,8 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
             "final_loss": eval_loss(model, data),
             "model_hash": model_hash(global_flat),
             "excluded": excluded,
+            "epsilon": dp.epsilon_spent() if dp is not None else None,
+            "delta": args.dp_delta if dp is not None else None,
         }
     finally:
         await transport.aclose()
@@ -145,6 +153,9 @@ def cli() -> None:
     p.add_argument("--aggregator", default="mean")
     p.add_argument("--attack", default="none")
     p.add_argument("--attack-param", action="append", default=[])
+    p.add_argument("--dp-noise", type=float, default=0.0, help="noise multiplier; 0 = no DP")
+    p.add_argument("--dp-clip", type=float, default=1.0)
+    p.add_argument("--dp-delta", type=float, default=1e-5)
     args = p.parse_args()
     logging.basicConfig(level=logging.WARNING)
     result = asyncio.run(main(args))

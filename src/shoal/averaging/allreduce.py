@@ -266,6 +266,8 @@ class AllReduce:
         if m is None or m == self._idx:
             log.warning("all-reduce %s: refusing %r from non-member %s", self._session, tag, sender)
             return None
+        if tag.startswith("s") and self._aggregator is not None:
+            return None  # a nested exchange we have not joined yet; the sender retries
         try:
             parsed = parse_tag(tag)
         except BadTag as exc:
