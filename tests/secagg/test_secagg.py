@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from shoal.secagg import SecAggClient, SecAggCollector, SecAggError, fixed_point, prg, run_local
@@ -193,3 +195,32 @@ def test_bad_messages_are_refused() -> None:
         SecAggClient(1, 3, 2, b"s", k, clip=1e5)
     with pytest.raises(ValueError, match="threshold"):
         SecAggClient(1, 4, 2, b"s", k, clip=1.0)
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_any_dropout_schedule_within_tolerance_sums_the_survivors(data: st.DataObject) -> None:
+    n = data.draw(st.integers(3, 7), label="n")
+    t = data.draw(st.integers(n // 2 + 1, n), label="t")
+    ids = list(range(1, n + 1))
+    order = data.draw(st.permutations(ids), label="order")
+    lost = data.draw(st.integers(0, n), label="lost")
+    gone = order[:lost]
+    cut = data.draw(st.integers(0, len(gone)), label="cut")
+    late = data.draw(st.integers(0, n - len(gone)), label="late")
+    after_shares, after_advert = gone[:cut], gone[cut:]
+    after_masked = [i for i in ids if i not in gone][:late]
+    xs = inputs(n, 64, seed=n)
+    kw = {
+        "drop_after_advert": after_advert,
+        "drop_after_shares": after_shares,
+        "drop_after_masked": after_masked,
+    }
+    if n - len(gone) < t or n - len(gone) - late < t:
+        with pytest.raises(SecAggError):
+            run_local(xs, t, **kw)  # type: ignore[arg-type]
+        return
+    res = run_local(xs, t, **kw)  # type: ignore[arg-type]
+    assert set(res.survivors) == set(ids) - set(gone)
+    expected = torch.stack([xs[i - 1] for i in res.survivors]).sum(0)
+    assert float((res.total - expected).abs().max()) <= n * 2.0**-17 + 1e-5
