@@ -190,7 +190,7 @@ def test_bad_messages_are_refused() -> None:
     with pytest.raises(SecAggError, match="ring"):
         col.on_masked(MaskedInput(1, torch.full((k,), 1 << 33, dtype=torch.int64)))
     with pytest.raises(SecAggError, match="want"):
-        col.on_masked(MaskedInput(1, torch.zeros(k, dtype=torch.float32)))  # type: ignore[arg-type]
+        col.on_masked(MaskedInput(1, torch.zeros(k, dtype=torch.float32)))
     with pytest.raises(fixed_point.RingOverflow):
         SecAggClient(1, 3, 2, b"s", k, clip=1e5)
     with pytest.raises(ValueError, match="threshold"):
@@ -224,3 +224,29 @@ def test_any_dropout_schedule_within_tolerance_sums_the_survivors(data: st.DataO
     assert set(res.survivors) == set(ids) - set(gone)
     expected = torch.stack([xs[i - 1] for i in res.survivors]).sum(0)
     assert float((res.total - expected).abs().max()) <= n * 2.0**-17 + 1e-5
+
+
+def test_signed_adverts_stop_a_collector_swapping_keys() -> None:
+    from shoal.identity.keys import Identity
+
+    ids = {i: Identity.generate() for i in (1, 2, 3)}
+    roster = {i: ident.peer_id for i, ident in ids.items()}
+
+    def client(i: int) -> SecAggClient:
+        return SecAggClient(i, 3, 2, b"s", 8, clip=1.0, identity=ids[i], roster=roster)
+
+    c1, c2, c3 = client(1), client(2), client(3)
+    a1, a2, a3 = c1.advertise(), c2.advertise(), c3.advertise()
+    # The collector substitutes its own keys for peer 2's, to read 2's shares.
+    evil = SecAggClient(2, 3, 2, b"s", 8, clip=1.0).advertise()
+    with pytest.raises(SecAggError, match="signature"):
+        c1.on_adverts({1: a1, 2: dataclasses.replace(evil, signature=a2.signature), 3: a3})
+    c1b = client(1)
+    b1 = c1b.advertise()
+    # A signature from another session does not carry over either.
+    other = SecAggClient(3, 3, 2, b"other", 8, clip=1.0, identity=ids[3]).advertise()
+    with pytest.raises(SecAggError, match="signature"):
+        c1b.on_adverts({1: b1, 2: a2, 3: other})
+    c1c = client(1)
+    ok = c1c.on_adverts({1: c1c.advertise(), 2: a2, 3: a3})
+    assert set(ok.blobs) == {2, 3}

@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from shoal.identity.keys import Identity, PeerId, verify
 from shoal.secagg import fixed_point, prg, shamir
 from shoal.secagg.messages import (
     EncryptedShares,
@@ -76,7 +77,13 @@ class SecAggClient:
         clip: float,
         frac_bits: int = 16,
         entropy: Callable[[int], bytes] = os.urandom,
+        identity: Identity | None = None,
+        roster: Mapping[int, PeerId] | None = None,
     ) -> None:
+        """``identity`` signs our key advert; with ``roster`` (id -> peer id) every
+        advert must carry a valid signature by that peer, so a relaying collector
+        cannot swap in keys of its own (without it, the collector is trusted to relay
+        keys faithfully: honest-but-curious only)."""
         if not 2 <= n <= MAX_PEERS or not 1 <= me <= n:
             raise ValueError(f"need 2 <= n <= {MAX_PEERS} and 1 <= me <= n")
         if not n // 2 < threshold <= n:
@@ -87,10 +94,13 @@ class SecAggClient:
         self.me, self.n, self.t, self.session, self.numel = me, n, threshold, session, numel
         self.clip, self.frac_bits = clip, frac_bits
         self._entropy = entropy
+        self._identity = identity
+        self._roster = dict(roster) if roster is not None else None
         self._enc = X25519PrivateKey.from_private_bytes(entropy(32))
         self._mask = X25519PrivateKey.from_private_bytes(entropy(32))
         self._b = entropy(32)
         self.phase = Phase.NEW
+        self._advert: KeyAdvert | None = None
         self._adverts: dict[int, KeyAdvert] = {}
         self._shared: set[int] = set()  # U2: peers whose shares we hold
         self._b_shares: dict[int, bytes] = {}
@@ -103,12 +113,16 @@ class SecAggClient:
     def advertise(self) -> KeyAdvert:
         self._expect(Phase.NEW)
         self.phase = Phase.ADVERTISED
-        return KeyAdvert(self.me, public_bytes(self._enc), public_bytes(self._mask))
+        advert = KeyAdvert(self.me, public_bytes(self._enc), public_bytes(self._mask))
+        if self._identity is not None:
+            sig = self._identity.sign(advert.signed_bytes(self.session))
+            advert = KeyAdvert(advert.sender, advert.enc_pk, advert.mask_pk, sig)
+        self._advert = advert
+        return advert
 
     def on_adverts(self, adverts: Mapping[int, KeyAdvert]) -> EncryptedShares:
         self._expect(Phase.ADVERTISED)
-        mine = adverts.get(self.me)
-        if mine != KeyAdvert(self.me, public_bytes(self._enc), public_bytes(self._mask)):
+        if adverts.get(self.me) != self._advert:
             raise SecAggError("our own key advert is missing or altered")
         if len(adverts) < self.t:
             raise SecAggError(f"{len(adverts)} peers advertised; the threshold is {self.t}")
@@ -118,6 +132,10 @@ class SecAggClient:
                 raise SecAggError(f"advert under id {j} claims sender {a.sender}")
             if len(a.enc_pk) != 32 or len(a.mask_pk) != 32:
                 raise SecAggError(f"peer {j}: public keys must be 32 bytes")
+            if self._roster is not None:
+                pid = self._roster.get(j)
+                if pid is None or not verify(pid, a.signature, a.signed_bytes(self.session)):
+                    raise SecAggError(f"peer {j}: key advert signature does not verify")
             keys.update((a.enc_pk, a.mask_pk))
         if len(keys) != 2 * len(adverts):
             raise SecAggError("two adverts share a public key (replayed or forged)")

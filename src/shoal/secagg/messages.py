@@ -12,6 +12,16 @@ class KeyAdvert:
     sender: int
     enc_pk: bytes  # X25519, encrypts the shares sent to this peer
     mask_pk: bytes  # X25519, agrees the pairwise masks
+    signature: bytes = b""  # Ed25519 by the sender's identity over signed_bytes(session)
+
+    def signed_bytes(self, session: bytes) -> bytes:
+        """What the signature covers: session, sender and both keys."""
+        return (
+            b"shoal-secagg-advert-v1|"
+            + session
+            + self.sender.to_bytes(4, "big")
+            + (self.enc_pk + self.mask_pk)
+        )
 
 
 @dataclass(frozen=True)
