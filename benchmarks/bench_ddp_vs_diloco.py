@@ -80,6 +80,9 @@ def main() -> None:
     ap.add_argument("--peers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--inner-steps", type=int, default=30)
+    ap.add_argument("--outer-lr", type=float, default=DemoConfig.outer_lr)
+    ap.add_argument("--outer-momentum", type=float, default=DemoConfig.outer_momentum)
+    ap.add_argument("--deadline-s", type=float, default=DemoConfig.deadline_s)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     steps = args.rounds * args.inner_steps
@@ -88,7 +91,11 @@ def main() -> None:
     ddp = run_ddp(n, steps)
     ddp_bytes = int(steps * n * 2 * (n - 1) / n * 4 * numel)
     with tempfile.TemporaryDirectory() as tmp:
-        cfg = DemoConfig(nodes=n, rounds=args.rounds, inner_steps=args.inner_steps, out=Path(tmp))
+        cfg = DemoConfig(
+            nodes=n, rounds=args.rounds, inner_steps=args.inner_steps, out=Path(tmp),
+            outer_lr=args.outer_lr, outer_momentum=args.outer_momentum, ledger=False,
+            deadline_s=args.deadline_s,
+        )  # fmt: skip
         shoal = run_demo(cfg)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
@@ -103,6 +110,10 @@ def main() -> None:
         "communication_ratio": round(ddp_bytes / shoal["bytes_sent"], 1),
         "loss_gap_vs_ddp": round(shoal["swarm_loss"] / ddp["loss"] - 1, 4),
         "model_hashes_equal": shoal["model_hashes_equal"],
+        "outer_lr": args.outer_lr,
+        "outer_momentum": args.outer_momentum,
+        "shoal_wall_s": shoal["swarm_wall_s"],
+        "ddp_wall_s": round(ddp["wall_s"], 1),
     }
     if args.json:
         print(json.dumps(result))
