@@ -97,6 +97,7 @@ class DiLoCo:
         join_existing: bool = True,
         ledger: RoundLedger | None = None,
         overlap: bool = False,
+        aggregator: str = "mean",
     ) -> None:
         if inner_steps < 1:
             raise ValueError("inner_steps must be >= 1")
@@ -124,6 +125,7 @@ class DiLoCo:
         # overlap: round r's averaging runs on the node loop while round r+1 computes;
         # its outer update is applied one round late (see _sync_overlapped).
         self.overlap = overlap
+        self.aggregator = aggregator  # "mean" or a robust rule from shoal.aggregation
         self._pending: concurrent.futures.Future[RoundOutcome] | None = None
         self._round_start: torch.Tensor | None = None
         assert node.node is not None
@@ -140,7 +142,9 @@ class DiLoCo:
 
     async def _make_averager(self, timeout_s: float) -> SwarmAverager:
         admit = getattr(self.ledger, "admits", None)  # refuse peers the chain has not admitted
-        return SwarmAverager(self._node, self.run, self.compression, timeout_s, admit)
+        return SwarmAverager(
+            self._node, self.run, self.compression, timeout_s, admit, self.aggregator
+        )
 
     # -- torch optimizer surface -------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:

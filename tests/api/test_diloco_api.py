@@ -92,3 +92,47 @@ def test_inner_steps_must_be_positive() -> None:
     with pytest.raises(ValueError, match="inner_steps"):
         DiLoCo(Regression(), torch.optim.SGD(Regression().parameters(), lr=0.1), run="x",
                node=None, inner_steps=0)  # type: ignore[arg-type]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_robust_aggregator_chosen_per_run_keeps_peers_identical(tmp_path: Path) -> None:
+    a = shoal.start_node(tmp_path / "a", run="med", target_samples=2 * 5 * 16, deadline_s=20)
+    try:
+        boot = str(a.node.contact)  # type: ignore[union-attr]
+        b = shoal.start_node(
+            tmp_path / "b", run="med", target_samples=2 * 5 * 16, deadline_s=20, bootstrap=[boot]
+        )
+        try:
+            ma, mb = Regression(), Regression()
+            opts = [
+                shoal.DiLoCo(
+                    m,
+                    torch.optim.SGD(m.parameters(), lr=0.01),
+                    run="med",
+                    node=n,
+                    inner_steps=5,
+                    compression="int8",
+                    join_existing=False,
+                    aggregator="median",
+                )
+                for m, n in ((ma, a), (mb, b))
+            ]
+            assert all(o._averager.aggregator is not None for o in opts)
+            errors: list[BaseException] = []
+            ts = [
+                threading.Thread(target=_train, args=(o, m, s, 10, errors))
+                for o, m, s in ((opts[0], ma, 1), (opts[1], mb, 2))
+            ]
+            for t in ts:
+                t.start()
+            for t in ts:
+                t.join(120)
+            assert not errors, errors
+            assert [h.round for h in opts[0].history] == [1, 2]
+            assert [h.model_hash for h in opts[0].history] == [
+                h.model_hash for h in opts[1].history
+            ]
+        finally:
+            b.stop()
+    finally:
+        a.stop()

@@ -37,6 +37,11 @@ def test_good_config_round_trips_and_builds_the_model(tmp_path: Path) -> None:
     assert sum(p.numel() for p in model.parameters()) > 0
     again = load_run_config(_write(tmp_path, dump_run_config(cfg)))
     assert again == cfg
+    robust = load_run_config(
+        _write(tmp_path, GOOD.replace("rounds = 2", 'rounds = 2\naggregator = "krum"'))
+    )
+    assert robust.aggregator == "krum"
+    assert load_run_config(_write(tmp_path, dump_run_config(robust))) == robust
 
 
 @pytest.mark.parametrize(
@@ -49,6 +54,7 @@ def test_good_config_round_trips_and_builds_the_model(tmp_path: Path) -> None:
         (('name = "r"\n', ""), "missing name"),
         (("batch_size = 4", "batch_size = 4\nrank = 3"), "rank"),
         (("[data]", "[data"), "cannot read"),
+        (('compression = "none"', 'compression = "none"\naggregator = "mode"'), "aggregator"),
     ],
 )
 def test_bad_configs_get_clear_errors(tmp_path: Path, edit: tuple[str, str], message: str) -> None:

@@ -11,6 +11,7 @@ group_size = 16          # Moshpit group size
 compression = "int8"     # "none" or "int8"
 seed = 0                 # same seed -> same initial model on every peer
 overlap = false          # average round r while round r+1 computes (outer step one round late)
+aggregator = "mean"      # or a robust rule: median, trimmed_mean, centered_clip, krum
 
 [model]
 factory = "shoal.training.model:tiny_gpt"   # importable "module:callable" -> nn.Module
@@ -44,6 +45,8 @@ from typing import Any
 
 import torch
 
+from shoal.aggregation import AGGREGATORS
+
 
 class ConfigError(ValueError):
     pass
@@ -62,6 +65,7 @@ class RunConfig:
     compression: str = "int8"
     seed: int = 0
     overlap: bool = False
+    aggregator: str = "mean"
     model_factory: str = "shoal.training.model:tiny_gpt"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_path: str = "stdlib"
@@ -104,7 +108,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "name": "name", "rounds": "rounds", "inner_steps": "inner_steps",
         "target_samples": "target_samples", "expected_peers": "expected_peers",
         "deadline_s": "deadline_s", "group_size": "group_size", "compression": "compression",
-        "seed": "seed", "overlap": "overlap",
+        "seed": "seed", "overlap": "overlap", "aggregator": "aggregator",
     },
     "model": {"factory": "model_factory", "kwargs": "model_kwargs"},
     "data": {
@@ -151,6 +155,10 @@ def _check(cfg: RunConfig) -> None:
     for name in ("rounds", "inner_steps", "expected_peers", "group_size", "batch_size", "world"):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"{name} must be >= 1")
+    if cfg.aggregator not in AGGREGATORS:
+        raise ConfigError(
+            f"run.aggregator must be one of {', '.join(AGGREGATORS)}, got {cfg.aggregator!r}"
+        )
     if not isinstance(cfg.overlap, bool):
         raise ConfigError("run.overlap must be true or false")
     if not 0 <= cfg.rank < cfg.world:

@@ -83,7 +83,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             model, inner, run=cfg.name, node=thread, inner_steps=cfg.inner_steps,
             outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
             compression=cfg.compression, allreduce_timeout_s=max(30.0, cfg.deadline_s),
-            overlap=cfg.overlap,
+            overlap=cfg.overlap, aggregator=cfg.aggregator,
             ledger=ledger,
         )  # fmt: skip
         first_round = opt.round

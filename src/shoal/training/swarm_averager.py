@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
+from shoal.aggregation import make_aggregator
 from shoal.averaging.allreduce import AllReduceFailed, AllReduceResult, all_reduce
 from shoal.identity.keys import PeerId
 from shoal.peer.round_peer import RoundPeer
@@ -47,8 +48,11 @@ class SwarmAverager:
         compression: str = "int8",
         allreduce_timeout_s: float = 60.0,
         admit: Callable[[PeerId], bool] | None = None,
+        aggregator: str = "mean",
     ) -> None:
         self.node = node
+        # Robust rules (aggregation/) replace the owners' weighted mean; "mean" keeps it.
+        self.aggregator = None if aggregator == "mean" else make_aggregator(aggregator)
         # The ledger's admission check (blocking; run off the loop). A group member it
         # refuses is reported as failed, so the round core re-forms the group without it.
         self.admit = admit
@@ -132,6 +136,7 @@ class SwarmAverager:
                     compression=self.compression,
                     model_version=round_no,
                     timeout_s=self.timeout_s,
+                    aggregator=self.aggregator,
                 )
             except AllReduceFailed as exc:
                 log.warning("round %d all-reduce failed (%s); re-forming", round_no, exc)
