@@ -193,6 +193,12 @@ class DiLoCo:
         outcome = self.node_thread.call(
             self._averager.finish(self.round, delta_q, max(1, self.round_samples))
         )
+        entry = self._apply_outcome(outcome, "done")
+        self._begin_round(expect=len(outcome.group.members) - 1)
+        return entry
+
+    def _apply_outcome(self, outcome: RoundOutcome, verb: str) -> RoundLog:
+        """Outer step with the group's average; record, anchor and publish the round."""
         res = outcome.result
         self.outer.step(self.global_flat, res.average)
         unflatten_into(self.global_flat, self.params)
@@ -207,8 +213,7 @@ class DiLoCo:
         )  # fmt: skip
         self.history.append(entry)
         self.node_thread.call(self._server.publish(self._snapshot()))
-        log.info("round %d done: hash %s, group of %d", self.round, h[:12], entry.group_size)
-        self._begin_round(expect=len(outcome.group.members) - 1)
+        log.info("round %d %s: hash %s, group of %d", self.round, verb, h[:12], entry.group_size)
         return entry
 
     @property
@@ -260,20 +265,7 @@ class DiLoCo:
             return None
         outcome = self._pending.result()
         self._pending = None
-        res = outcome.result
-        self.outer.step(self.global_flat, res.average)
-        unflatten_into(self.global_flat, self.params)
-        self.round += 1
-        h = model_hash(self._named_params())
-        entry = RoundLog(
-            self.round, h, len(outcome.group.members), outcome.group.total_samples,
-            res.bytes_sent, res.bytes_received,
-            {p.short(): why for p, why in res.excluded.items()},
-        )  # fmt: skip
-        self.history.append(entry)
-        self.node_thread.call(self._server.publish(self._snapshot()))
-        log.info("round %d applied: hash %s, group of %d", self.round, h[:12], entry.group_size)
-        return entry
+        return self._apply_outcome(outcome, "applied")  # overlap has no ledger (checked)
 
     def flush(self) -> RoundLog | None:
         """Overlap mode: finish the pending round now (call after the last round)."""

@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,6 @@ pytestmark = pytest.mark.slow
 # SWIM: 1 s period, suspicion over a few periods; a dead only peer is noticed well
 # within this, and the bound still fails if readiness never drops.
 NOT_READY_WITHIN_S = 40.0
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()  # by its own PID, via the Popen handle
-        p.wait(timeout=30)
 
 
 def _start(tmp: Path, name: str, *extra: str) -> subprocess.Popen[bytes]:

@@ -6,7 +6,6 @@ import http.client
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -114,16 +113,6 @@ def test_bad_predict_requests(body: bytes, status: int) -> None:
 
 
 # -- a real inference-only edge node ---------------------------------------------------
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()  # by its own PID
-        p.wait(timeout=30)
 
 
 def _predict(addr: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:

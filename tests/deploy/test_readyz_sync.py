@@ -10,38 +10,19 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from shoal.training.demo import DemoConfig, last_progress, node_config, start_node, wait_contact
-from shoal.training.run_config import RunConfig, dump_run_config
+from shoal.training.demo import DemoConfig, node_config, start_node, wait_contact
+from shoal.training.run_config import dump_run_config
 from tests.deploy.probes import get, shoal, wait_addr
+from tests.process_helpers import wait_round
 
 pytestmark = pytest.mark.slow
 
 POLL_S = 0.05
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()  # by its own PID, via the Popen handle
-        p.wait(timeout=30)
-
-
-def _wait_round(cfg: RunConfig, rnd: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if last_progress(cfg.progress_file).get("round", -1) >= rnd:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{cfg.data_dir} never reached round {rnd}")
 
 
 def _poll_until_exit(addr: str, proc: subprocess.Popen[bytes], timeout: float) -> list[Any]:
@@ -70,7 +51,7 @@ def test_late_joiner_ready_only_after_state_sync(
     boot = wait_contact(cfgs[0].data_dir, procs[0])
     cfgs.append(node_config(demo, 1, [boot]))
     procs.append(start_node(cfgs[1]))
-    _wait_round(cfgs[0], 1, 180)
+    wait_round(cfgs[0], 1, 180)
 
     late = node_config(DemoConfig(nodes=3, rounds=5, inner_steps=8, out=tmp_path), 2, [boot])
     late.deadline_s = 8

@@ -3,8 +3,6 @@
 import json
 import signal
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -12,12 +10,12 @@ import pytest
 
 from shoal.training.demo import (
     DemoConfig,
-    last_progress,
     node_config,
     run_demo,
     start_node,
     wait_contact,
 )
+from tests.process_helpers import wait_round
 
 pytestmark = pytest.mark.slow
 
@@ -32,25 +30,6 @@ def _hashes_by_round(results: list[dict[str, Any]]) -> dict[int, set[str]]:
         for h in r["history"]:
             out.setdefault(h["round"], set()).add(h["model_hash"])
     return out
-
-
-@pytest.fixture
-def procs() -> Iterator[list[subprocess.Popen[bytes]]]:
-    started: list[subprocess.Popen[bytes]] = []
-    yield started
-    for p in started:
-        if p.poll() is None:
-            p.kill()  # by its own PID, via the Popen handle
-        p.wait(timeout=30)
-
-
-def _wait_round(cfg: Any, rnd: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if last_progress(cfg.progress_file).get("round", -1) >= rnd:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{cfg.data_dir} never reached round {rnd}")
 
 
 def _wait_exit(ps: list[subprocess.Popen[bytes]], timeout: float) -> None:
@@ -76,7 +55,7 @@ def test_sigkill_mid_round_does_not_stop_the_round(
     for i in range(1, 4):
         cfgs.append(node_config(demo, i, [boot]))
         procs.append(start_node(cfgs[i]))
-    _wait_round(cfgs[3], 2, 180)
+    wait_round(cfgs[3], 2, 180)
     procs[3].send_signal(signal.SIGKILL)
     procs[3].wait(timeout=10)
     _wait_exit(procs[:3], 300)
@@ -99,7 +78,7 @@ def test_late_joiner_syncs_then_takes_part(
     for i in range(1, 3):
         cfgs.append(node_config(demo, i, [boot]))
         procs.append(start_node(cfgs[i]))
-    _wait_round(cfgs[0], 2, 180)
+    wait_round(cfgs[0], 2, 180)
     late = node_config(DemoConfig(nodes=4, rounds=6, inner_steps=8, out=tmp_path), 3, [boot])
     late.deadline_s = 8
     procs.append(start_node(late))

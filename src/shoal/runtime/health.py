@@ -138,12 +138,16 @@ async def watch_membership(
     """Keep a plain node's readiness current: ready while it has a live peer.
 
     A seed (no bootstrap) is ready alone: it is what the others join. ``gate`` names
-    a stage that still blocks readiness (e.g. no verified model to serve yet), or None.
+    a stage that still blocks readiness (e.g. no verified model to serve yet), or None;
+    once the gate is open (a model is being served) the node stays ready alone, so an
+    inference node keeps serving after the trainers have gone.
     """
+    served = False
     while True:
         alive = sum(p["state"] == "alive" for p in node.peers()) if node.core else 0
         blocked = gate() if gate is not None else None
-        if not (alive or seed):
+        served = served or (gate is not None and blocked is None)
+        if not (alive or seed or served):
             readiness.set(False, "joining")
         elif blocked is not None:
             readiness.set(False, blocked)
