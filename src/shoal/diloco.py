@@ -19,7 +19,6 @@ from __future__ import annotations
 import concurrent.futures
 import logging
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,7 @@ from shoal.training.diloco_math import (
 from shoal.training.state_sync import (
     Snapshot,
     StateServer,
+    choose_head,
     fetch_state,
     read_heads,
     state_hash,
@@ -310,9 +310,9 @@ class DiLoCo:
         if not others or mine is None:
             return False
         top = max(r for r, _ in others)
-        votes = Counter(h for r, h in others if r == self.round)
         behind = top > self.round
-        outvoted = bool(votes) and votes.most_common(1)[0][1] >= 2 and mine.state_hash not in votes
+        same_round = [h for r, h in others if r == self.round] + [mine.state_hash]
+        outvoted = choose_head(same_round) != mine.state_hash
         if not (behind or outvoted):
             return False
         log.warning(

@@ -20,6 +20,7 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
@@ -141,6 +142,18 @@ async def read_heads(node: Node, run: str) -> list[tuple[PeerId, int, str]]:
     return heads
 
 
+def choose_head(hashes: Iterable[str]) -> str:
+    """The state a round's peers should converge on: the most published hash, ties
+    broken by the lowest hash, so that every peer reading the same heads picks the
+    same one (a 4:4 split, or a group whose members all averaged alone, still
+    converges)."""
+    votes: Counter[str] = Counter(hashes)
+    if not votes:
+        raise ValueError("no heads to choose from")
+    best: str = min(votes, key=lambda h: (-votes[h], h))
+    return best
+
+
 async def fetch_state(node: Node, run: str, size: int, wait_s: float = 60.0) -> Snapshot | None:
     """Download and verify the swarm's latest state; None if no peer has one yet."""
     deadline = time.monotonic() + wait_s
@@ -153,8 +166,7 @@ async def fetch_state(node: Node, run: str, size: int, wait_s: float = 60.0) -> 
     if not heads:
         return None
     top = max(r for _, r, _ in heads)
-    votes = Counter(h for _, r, h in heads if r == top)
-    want, _ = votes.most_common(1)[0]
+    want = choose_head(h for _, r, h in heads if r == top)
     sources = [p for p, r, h in heads if r == top and h == want]
     members = {m["peer_id"]: m["addr"] for m in node.peers() if m["state"] == "alive"}
     for pid in sources:
