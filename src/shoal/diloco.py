@@ -28,6 +28,7 @@ import torch
 
 from shoal.compression import ErrorFeedback, get_codec
 from shoal.runtime.background import NodeThread
+from shoal.secagg.group_driver import require_mean
 from shoal.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from shoal.training.diloco_math import (
     OuterOptimizer,
@@ -98,9 +99,12 @@ class DiLoCo:
         ledger: RoundLedger | None = None,
         overlap: bool = False,
         aggregator: str = "mean",
+        secure_aggregation: bool = False,
     ) -> None:
         if inner_steps < 1:
             raise ValueError("inner_steps must be >= 1")
+        if secure_aggregation:
+            require_mean(aggregator)  # robust rules need the updates SecAgg hides
         if overlap and ledger is not None:
             raise ValueError("overlap=True does not support a ledger yet")
         self.model = model
@@ -126,6 +130,7 @@ class DiLoCo:
         # its outer update is applied one round late (see _sync_overlapped).
         self.overlap = overlap
         self.aggregator = aggregator  # "mean" or a robust rule from shoal.aggregation
+        self.secure_aggregation = secure_aggregation  # the group sees only the sum
         self._pending: concurrent.futures.Future[RoundOutcome] | None = None
         self._round_start: torch.Tensor | None = None
         assert node.node is not None
@@ -143,8 +148,9 @@ class DiLoCo:
     async def _make_averager(self, timeout_s: float) -> SwarmAverager:
         admit = getattr(self.ledger, "admits", None)  # refuse peers the chain has not admitted
         return SwarmAverager(
-            self._node, self.run, self.compression, timeout_s, admit, self.aggregator
-        )
+            self._node, self.run, self.compression, timeout_s, admit, self.aggregator,
+            secure_aggregation=self.secure_aggregation,
+        )  # fmt: skip
 
     # -- torch optimizer surface -------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:

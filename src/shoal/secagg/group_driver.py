@@ -145,6 +145,19 @@ class SecAggHost(Protocol):
     def handle_protocol(self, protocol: str, handler: MessageHandler) -> None: ...
 
 
+MEAN_ONLY = (
+    "secure aggregation works only with aggregator='mean': pairwise masks hide each "
+    "peer's update and reveal only the sum, while {rule} needs the individual updates "
+    "(order statistics per coordinate, or distances/norms between whole updates)"
+)
+
+
+def require_mean(aggregator: str) -> None:
+    """Refuse a robust rule with SecAgg, saying why (see docs/ARCHITECTURE.md)."""
+    if aggregator != "mean":
+        raise ValueError(MEAN_ONLY.format(rule=repr(aggregator)))
+
+
 def frac_bits_for(n: int, clip: float) -> int:
     """Most fractional bits (<= 30) with which n values in [-clip, clip] cannot wrap."""
     for f in range(30, -1, -1):
@@ -471,10 +484,13 @@ class _Run:
         try:
             for sender, msg in early:
                 self.on_message(sender, msg)
+            outcome: AllReduceResult | Exception
             async with asyncio.TaskGroup() as tg:
                 prober = tg.create_task(self._probe_loop())
                 try:
-                    return await self.drive()
+                    outcome = await self.drive()
+                except Exception as exc:  # raised below, not wrapped in an ExceptionGroup
+                    outcome = exc
                 finally:
                     self._stopping = True
                     if self._probing:  # let a probe in flight finish (no half streams)
@@ -483,6 +499,9 @@ class _Run:
         finally:
             self.host.router.unregister(self.prefix)
             self.service.close(self)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
 
     async def drive(self) -> AllReduceResult:
         raise NotImplementedError

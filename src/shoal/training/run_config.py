@@ -12,6 +12,7 @@ compression = "int8"     # "none" or "int8"
 seed = 0                 # same seed -> same initial model on every peer
 overlap = false          # average round r while round r+1 computes (outer step one round late)
 aggregator = "mean"      # or a robust rule: median, trimmed_mean, centered_clip, krum
+secure_aggregation = false  # SecAgg: the group's collector sees only the sum (mean only)
 
 [model]
 factory = "shoal.training.model:tiny_gpt"   # importable "module:callable" -> nn.Module
@@ -46,6 +47,7 @@ from typing import Any
 import torch
 
 from shoal.aggregation import AGGREGATORS
+from shoal.secagg.group_driver import require_mean
 
 
 class ConfigError(ValueError):
@@ -66,6 +68,7 @@ class RunConfig:
     seed: int = 0
     overlap: bool = False
     aggregator: str = "mean"
+    secure_aggregation: bool = False
     model_factory: str = "shoal.training.model:tiny_gpt"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     data_path: str = "stdlib"
@@ -109,6 +112,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "target_samples": "target_samples", "expected_peers": "expected_peers",
         "deadline_s": "deadline_s", "group_size": "group_size", "compression": "compression",
         "seed": "seed", "overlap": "overlap", "aggregator": "aggregator",
+        "secure_aggregation": "secure_aggregation",
     },
     "model": {"factory": "model_factory", "kwargs": "model_kwargs"},
     "data": {
@@ -161,6 +165,13 @@ def _check(cfg: RunConfig) -> None:
         )
     if not isinstance(cfg.overlap, bool):
         raise ConfigError("run.overlap must be true or false")
+    if not isinstance(cfg.secure_aggregation, bool):
+        raise ConfigError("run.secure_aggregation must be true or false")
+    if cfg.secure_aggregation:
+        try:
+            require_mean(cfg.aggregator)
+        except ValueError as exc:
+            raise ConfigError(f"run.secure_aggregation: {exc}") from None
     if not 0 <= cfg.rank < cfg.world:
         raise ConfigError("data.rank must be in [0, world)")
 

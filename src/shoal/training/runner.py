@@ -84,6 +84,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
             compression=cfg.compression, allreduce_timeout_s=max(30.0, cfg.deadline_s),
             overlap=cfg.overlap, aggregator=cfg.aggregator,
+            secure_aggregation=cfg.secure_aggregation,
             ledger=ledger,
         )  # fmt: skip
         first_round = opt.round

@@ -26,6 +26,7 @@ from shoal.identity.keys import PeerId
 from shoal.peer.round_peer import RoundPeer
 from shoal.rounds.events import GroupFallback, GroupFormed, RoundClosed
 from shoal.runtime.node import Node
+from shoal.secagg.group_driver import SecAggService, require_mean, secure_average
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,17 @@ class SwarmAverager:
         allreduce_timeout_s: float = 60.0,
         admit: Callable[[PeerId], bool] | None = None,
         aggregator: str = "mean",
+        secure_aggregation: bool = False,
     ) -> None:
         self.node = node
         # Robust rules (aggregation/) replace the owners' weighted mean; "mean" keeps it.
         self.aggregator = None if aggregator == "mean" else make_aggregator(aggregator)
+        # SecAgg (secagg/group_driver.py) replaces the all-reduce: the group's lowest
+        # peer id sums masked updates and learns only the sum. Weighted mean only.
+        if secure_aggregation:
+            require_mean(aggregator)
+            SecAggService.attach(node)  # in place before any peer's first advert
+        self.secure_aggregation = secure_aggregation
         # The ledger's admission check (blocking; run off the loop). A group member it
         # refuses is reported as failed, so the round core re-forms the group without it.
         self.admit = admit
@@ -126,18 +134,25 @@ class SwarmAverager:
             me = next(i for i, m in enumerate(group.members) if m.peer_id == node.peer_id)
             session = f"{self.run}/r{round_no}/a{group.attempt}/{group.leader.short()}"
             try:
-                res = await all_reduce(
-                    node.router,
-                    node.contact,  # type: ignore[arg-type]
-                    list(group.members),
-                    session,
-                    delta,
-                    float(max(1, group.member_samples[me])),
-                    compression=self.compression,
-                    model_version=round_no,
-                    timeout_s=self.timeout_s,
-                    aggregator=self.aggregator,
-                )
+                if self.secure_aggregation:
+                    res = await secure_average(
+                        node, list(group.members), session, delta,
+                        [float(max(1, s)) for s in group.member_samples],
+                        compression=self.compression, timeout_s=self.timeout_s,
+                    )  # fmt: skip
+                else:
+                    res = await all_reduce(
+                        node.router,
+                        node.contact,  # type: ignore[arg-type]
+                        list(group.members),
+                        session,
+                        delta,
+                        float(max(1, group.member_samples[me])),
+                        compression=self.compression,
+                        model_version=round_no,
+                        timeout_s=self.timeout_s,
+                        aggregator=self.aggregator,
+                    )
             except AllReduceFailed as exc:
                 log.warning("round %d all-reduce failed (%s); re-forming", round_no, exc)
                 now = time.time()
