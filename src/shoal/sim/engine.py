@@ -4,6 +4,10 @@ Hosts are sans-IO cores addressed as ``sim:<index>``. Every delivered message an
 fired timer is folded into a SHA-256 trace, so two runs with the same seed can be
 compared byte for byte; ``trace_file`` also writes the trace lines out for diffing
 a failing seed.
+
+With ``counting`` on, the encoded size of every message a host sends is added to
+``sent[protocol][host]``. A message is encoded once, when it is sent: that one
+encoding gives both its size and the digest the trace records on delivery.
 """
 
 from __future__ import annotations
@@ -50,7 +54,9 @@ class Simulator:
         self.now = 0.0
         self.cores: list[SimCore | None] = []
         self.contacts: list[Contact] = []
-        self._heap: list[tuple[float, int, int, int, object, object]] = []
+        # (time, seq, kind, dst, a, b, digest): a message is (src, msg, digest of its
+        # encoding or ""), a timer is (name, its seq, "").
+        self._heap: list[tuple[float, int, int, int, object, object, str]] = []
         self._seq = 0
         self._timers: list[dict[str, int]] = []
         self._trace = hashlib.sha256()
@@ -58,6 +64,9 @@ class Simulator:
         self.delivered = 0
         self.dropped = 0
         self.on_emit: Callable[[int, float, object], None] = lambda i, t, e: None
+        self.counting = False
+        # protocol -> bytes sent per host (only while ``counting``)
+        self.sent: dict[str, list[int]] = {}
 
     # -- hosts -----------------------------------------------------------------
     def add_host(self, contact: Contact, core: SimCore) -> int:
@@ -92,25 +101,27 @@ class Simulator:
                 self.on_emit(index, self.now, a.event)
 
     def run_until(self, t_end: float, max_events: int | None = None) -> None:
-        heap = self._heap
+        heap, cores, timers = self._heap, self.cores, self._timers
+        pop = heapq.heappop
         n = 0
         while heap and heap[0][0] <= t_end:
-            t, _, kind, dst, a, b = heapq.heappop(heap)
+            t, _, kind, dst, a, b, digest = pop(heap)
             self.now = t
-            core = self.cores[dst]
+            core = cores[dst]
             if core is None:
                 continue
             if kind == _MSG:
                 assert isinstance(a, int) and isinstance(b, Message)
-                self._record_msg(a, dst, b)
+                self._record(f"{round(t * 1e6)} msg {a}>{dst} {b.TYPE} {digest}")
                 self.delivered += 1
                 self.apply(dst, core.on_message(t, self.contacts[a], b))
             else:
                 assert isinstance(a, str) and isinstance(b, int)
-                if self._timers[dst].get(a) != b:
+                pending = timers[dst]
+                if pending.get(a) != b:
                     continue  # replaced or cancelled
-                del self._timers[dst][a]
-                self._record(f"{self._t()} timer {dst} {a}")
+                del pending[a]
+                self._record(f"{round(t * 1e6)} timer {dst} {a}")
                 self.apply(dst, core.on_timer(t, a))
             n += 1
             if max_events is not None and n >= max_events:
@@ -123,11 +134,15 @@ class Simulator:
         return self._trace.hexdigest()
 
     # -- internals -------------------------------------------------------------
-    def _push(self, t: float, kind: int, dst: int, a: object, b: object) -> None:
-        self._seq += 1
-        heapq.heappush(self._heap, (t, self._seq, kind, dst, a, b))
-
     def _send(self, src: int, to: Contact, msg: Message) -> None:
+        data = b""
+        if self.codec is not None:
+            data = self.codec.encode(msg)
+            if self.counting:
+                per = self.sent.get(msg.protocol)
+                if per is None:
+                    per = self.sent[msg.protocol] = [0] * len(self.cores)
+                per[src] += len(data)
         dst = _index_of(to.addr)
         if dst < 0 or dst >= len(self.cores) or self.contacts[dst].peer_id != to.peer_id:
             self.dropped += 1  # wrong key at that address: the transport would refuse it
@@ -136,7 +151,9 @@ class Simulator:
         if d is None:
             self.dropped += 1
             return
-        self._push(self.now + d, _MSG, dst, src, msg)
+        digest = hashlib.sha256(data).hexdigest()[:16] if self.codec is not None else ""
+        self._seq += 1
+        heapq.heappush(self._heap, (self.now + d, self._seq, _MSG, dst, src, msg, digest))
 
     def _set_timer(self, index: int, name: str, at: float | None) -> None:
         timers = self._timers[index]
@@ -145,17 +162,12 @@ class Simulator:
             return
         self._seq += 1
         timers[name] = self._seq
-        heapq.heappush(self._heap, (max(at, self.now), self._seq, _TIMER, index, name, self._seq))
+        heapq.heappush(
+            self._heap, (max(at, self.now), self._seq, _TIMER, index, name, self._seq, "")
+        )
 
     def _t(self) -> str:
         return f"{round(self.now * 1e6)}"
-
-    def _record_msg(self, src: int, dst: int, msg: Message) -> None:
-        if self.codec is not None:
-            body = hashlib.sha256(self.codec.encode(msg)).hexdigest()[:16]
-        else:
-            body = ""
-        self._record(f"{self._t()} msg {src}>{dst} {msg.TYPE} {body}")
 
     def _record(self, line: str) -> None:
         self._trace.update(line.encode())

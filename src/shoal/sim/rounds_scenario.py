@@ -42,7 +42,7 @@ from shoal.rounds import (
 )
 from shoal.sim.engine import Simulator, sim_addr
 from shoal.sim.network import NetworkModel
-from shoal.wire.codec import Message
+from shoal.sim.verify_cache import cached_signature_checks
 from shoal.wire.contact import Contact
 
 Progress = Callable[[str, int, int], None]
@@ -74,23 +74,6 @@ class RoundsScenarioConfig:
     # 0: RoundConfig.shards_for(nodes, group_size)
     progress_shards: int = 0
     estimate_shards: int = 1
-
-
-class _CountingSimulator(Simulator):
-    """Counts the encoded bytes each host sends, per protocol."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.counting = False
-        self.sent: dict[str, list[int]] = {}
-
-    def _send(self, src: int, to: Contact, msg: Message) -> None:
-        if self.counting and self.codec is not None:
-            per = self.sent.get(msg.protocol)
-            if per is None:
-                per = self.sent[msg.protocol] = [0] * len(self.cores)
-            per[src] += len(self.codec.encode(msg))
-        super()._send(src, to, msg)
 
 
 class _SimRoundPeer(RoundPeer):
@@ -154,9 +137,7 @@ class RoundsScenario:
         self.cfg = cfg
         self.rng = random.Random(cfg.seed)
         self.net = NetworkModel(loss=cfg.loss)
-        self.sim = _CountingSimulator(
-            cfg.seed, self.net, codec=rounds_codec(), trace_file=trace_file
-        )
+        self.sim = Simulator(cfg.seed, self.net, codec=rounds_codec(), trace_file=trace_file)
         self.sim.on_emit = self._on_emit
         self.progress = progress or (lambda phase, done, total: None)
         self.latency_s = self.net.base_latency_s + self.net.jitter_s / 2
@@ -210,6 +191,13 @@ class RoundsScenario:
                 self.started[(index, ev.round_no + 1)] = now
 
     def run(self) -> dict[str, Any]:
+        with cached_signature_checks() as checks:
+            report = self._run()
+        report["signature_checks"] = checks.checks
+        report["signature_checks_asked"] = checks.calls
+        return report
+
+    def _run(self) -> dict[str, Any]:
         cfg, sim = self.cfg, self.sim
         t_wall = time.perf_counter()
         n = cfg.nodes
