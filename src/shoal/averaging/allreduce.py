@@ -59,10 +59,12 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import torch
 
 from shoal.aggregation.base import AggregationError, Aggregator
+from shoal.averaging.buffer_pool import POOL
 from shoal.averaging.bulk_router import BulkRouter
 from shoal.averaging.shards import shard_bounds
 from shoal.averaging.stream_format import (
@@ -100,12 +102,14 @@ PROBE_INTERVAL_S = 5.0
 PROBE_FAILURES = 2  # consecutive failed probes before a member counts as dead
 SEND_ATTEMPTS = 3  # transport errors (not refusals) before a member counts as dead
 REDUCE_AT_FRACTION = 0.5
+REDUCE_BLOCK_VALUES = 1 << 18  # the reduce works 1 MiB of fp32 at a time: stays in cache
 _BACKOFF_START_S = 0.005
 _BACKOFF_MAX_S = 0.25
 
 Buffer = memoryview | bytes | bytearray
 # A decoded, validated contribution, or None with the exclusion status and reason.
 Checked = tuple[torch.Tensor | None, int, str]
+T = TypeVar("T")
 
 
 class AllReduceFailed(Exception):
@@ -214,6 +218,10 @@ class AllReduce:
         self._result_decodes: dict[int, asyncio.Task[None]] = {}
         self._headers: dict[int, ResultHeader] = {}
         self._bad_owner: dict[int, str] = {}
+        # Pooled buffers (buffer_pool.py) this all-reduce is done with; given back to the
+        # pool at the end unless a worker thread we started might still touch them.
+        self._recycle: list[bytearray] = []
+        self._workers: set[asyncio.Future[Any]] = set()
         # liveness
         self._heard_from: set[int] = set()
         self._dead: dict[int, str] = {}
@@ -306,7 +314,7 @@ class AllReduce:
         if problem:
             self._exclude(m, STATUS_REJECTED, problem)
             return None
-        buf = bytearray(size)
+        buf = POOL.take(size)  # stale bytes: the stream overwrites all before delivery
         self._incoming[m] = (buf, t.weight)
         return memoryview(buf)
 
@@ -328,7 +336,7 @@ class AllReduce:
         elif size != expected:
             reason = f"result of {size} bytes, expected {expected}"
         else:
-            buf = bytearray(size)
+            buf = POOL.take(size)
             self._result_incoming[j] = buf
             return memoryview(buf)
         self._bad_owner.setdefault(j, reason)
@@ -347,8 +355,10 @@ class AllReduce:
                 self.bytes_received += len(entry[0])
                 if self._tg is not None:
                     k = self._shard_len(self._idx)
-                    work = asyncio.to_thread(self._check_contribution_sync, entry[0], k)
+                    work = self._in_thread(self._check_contribution_sync, entry[0], k)
                     self._checks[m] = self._tg.create_task(work)
+            elif entry is not None:
+                self._recycle.append(entry[0])  # too late to count; its stream is over
         elif tag.startswith("r/"):
             res = self._result_incoming.pop(m, None)
             if res is not None:
@@ -364,9 +374,12 @@ class AllReduce:
         if m is None:
             return
         if tag.startswith("c/") and m in self._incoming:
+            self._recycle.append(self._incoming[m][0])  # its stream thread has ended
             self._exclude(m, STATUS_STREAM_FAILED, f"stream failed: {reason}")
         elif tag.startswith("r/"):
-            self._result_incoming.pop(m, None)  # the owner may retry
+            res = self._result_incoming.pop(m, None)  # the owner may retry
+            if res is not None:
+                self._recycle.append(res)
         self._changed.set()
 
     # ------------------------------------------------------- overridable steps
@@ -380,7 +393,9 @@ class AllReduce:
         ).encode()
         if self._codec == "none":
             return tag, [x.numpy().data]  # zero-copy: streamed from the caller's tensor
-        encoded = await asyncio.to_thread(self._int8.encode, x)
+        payload = POOL.take(payload_bytes(self._codec, hi - lo))
+        self._recycle.append(payload)  # read by our send, which ends before run() does
+        encoded = await self._in_thread(self._int8.encode, x, payload)
         return tag, [encoded.payload]
 
     async def send_stream(self, to: int, tag: str, buffers: list[Buffer]) -> None:
@@ -496,20 +511,42 @@ class AllReduce:
 
     # ------------------------------------------------------------ arithmetic
 
-    def _decode(self, payload: Buffer, values: int) -> torch.Tensor:
-        """Decode ``values`` floats (untrusted bytes; sizes were checked at accept)."""
+    async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the default pool. Unlike to_thread, a cancelled caller still
+        waits for the thread, and ``_workers`` shows whether any thread we started is
+        still running, so pooled buffers are only given back once none can touch them."""
+        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        self._workers.add(fut)
+        fut.add_done_callback(self._workers.discard)
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            await asyncio.wait([fut])
+            raise
+
+    def _decode_into(self, payload: Buffer, out: torch.Tensor) -> None:
+        """Decode ``out.numel()`` floats into ``out`` (untrusted bytes; sizes were checked
+        at accept). On error ``out`` holds junk."""
+        values = out.numel()
         if values == 0:
-            return torch.empty(0, dtype=torch.float32)
+            return
         if self._codec == "none":
-            return torch.frombuffer(payload, dtype=torch.float32, count=values)
+            out.copy_(torch.frombuffer(payload, dtype=torch.float32, count=values))
+            return
         enc = EncodedTensor("int8", (values,), payload, chunk_size=DEFAULT_CHUNK_SIZE)
-        return self._int8.decode(enc)
+        self._int8.decode(enc, out=out)
 
     def _check_contribution_sync(self, buf: bytearray, k: int) -> Checked:
         """Decode and validate one contribution (worker thread): (values, 0, "") or
-        (None, status, reason)."""
+        (None, status, reason). fp32 values are a view of ``buf``; int8 ones are decoded
+        into a pooled buffer, recycled with the rest when the all-reduce ends."""
         try:
-            x = self._decode(buf, k)
+            if self._codec == "none" or k == 0:
+                x = torch.frombuffer(buf, dtype=torch.float32, count=k) if k else torch.empty(0)
+            else:
+                x, floats = POOL.take_floats(k)
+                self._recycle.append(floats)  # list.append is atomic; read on the loop later
+                self._decode_into(buf, x)
             validate_update(x, k, self._version, self._version)
         except (NonFiniteUpdateError, NonFiniteTensorError) as exc:
             return None, STATUS_NON_FINITE, f"{type(exc).__name__}: {exc}"
@@ -551,20 +588,29 @@ class AllReduce:
         if self._aggregator is not None and global_sum is not None:
             acc.copy_(self._aggregator.aggregate(by_member, weights, global_sum))
         else:
-            acc.zero_()
-            tmp = torch.empty(k, dtype=torch.float32)
-            for x, w in parts:
-                # w / total in float64, one rounding to fp32: as diloco_math.weighted_average.
-                torch.mul(x, torch.tensor(w / total, dtype=torch.float32), out=tmp)
-                acc.add_(tmp)
+            # w / total in float64, one rounding to fp32: as diloco_math.weighted_average,
+            # and like it a separate mul and add per member (no FMA), in group order. Done
+            # a cache-sized block at a time: the same bits, without a shard-sized scratch.
+            scales = [torch.tensor(w / total, dtype=torch.float32) for _, w in parts]
+            tmp = torch.empty(min(k, REDUCE_BLOCK_VALUES), dtype=torch.float32)
+            for b0 in range(0, k, REDUCE_BLOCK_VALUES):
+                b1 = min(k, b0 + REDUCE_BLOCK_VALUES)
+                block, t = acc[b0:b1], tmp[: b1 - b0]
+                block.zero_()
+                for (x, _), scale in zip(parts, scales, strict=True):
+                    torch.mul(x[b0:b1], scale, out=t)
+                    block.add_(t)
+        del parts, by_member
         if not all_finite(acc):
             raise CompressionError("averaged shard overflowed fp32")
         if self._codec == "none":
             self._shard_payload = [acc.numpy().data] if k else []
         else:
-            encoded = self._int8.encode(acc)
-            self._shard_payload = [encoded.payload]
-            acc.copy_(self._decode(encoded.payload, k))  # the owner keeps what it sends
+            payload = POOL.take(payload_bytes(self._codec, k))
+            self._recycle.append(payload)  # read by our result sends, over before run() ends
+            self._int8.encode(acc, out=payload)
+            self._shard_payload = [payload]
+            self._decode_into(payload, acc)  # the owner keeps what it sends
         return rejected, weights, total
 
     async def _reduce(self) -> float:
@@ -578,16 +624,19 @@ class AllReduce:
             # Called from the reduce worker thread; the nested all-reduce runs on the loop.
             return asyncio.run_coroutine_threadsafe(self._sum_over_group(stats), loop).result()
 
-        if self._aggregator is not None and self._aggregator.needs_global_stats:
-            # Its own thread: it blocks on nested all-reduces, which need the shared
-            # to_thread pool free (several members in one process would exhaust it).
-            with ThreadPoolExecutor(1, thread_name_prefix="shoal-aggregate") as pool:
-                work = functools.partial(self._reduce_sync, arrived, checked, global_sum)
-                rejected, weights, total = await loop.run_in_executor(pool, work)
-        else:
-            rejected, weights, total = await asyncio.to_thread(
-                self._reduce_sync, arrived, checked, global_sum
-            )
+        try:
+            if self._aggregator is not None and self._aggregator.needs_global_stats:
+                # Its own thread: it blocks on nested all-reduces, which need the shared
+                # to_thread pool free (several members in one process would exhaust it).
+                with ThreadPoolExecutor(1, thread_name_prefix="shoal-aggregate") as pool:
+                    work = functools.partial(self._reduce_sync, arrived, checked, global_sum)
+                    rejected, weights, total = await loop.run_in_executor(pool, work)
+            else:
+                rejected, weights, total = await self._in_thread(
+                    self._reduce_sync, arrived, checked, global_sum
+                )
+        finally:
+            self._recycle.extend(buf for buf, _ in arrived.values())
         del arrived, checked
         for m, status, reason in rejected:
             self._excluded[m] = (status, reason)
@@ -622,25 +671,35 @@ class AllReduce:
 
     async def _decode_result(self, j: int, buf: bytearray) -> None:
         try:
-            self._headers[j] = await asyncio.to_thread(self._decode_result_sync, j, buf)
+            self._headers[j] = await self._in_thread(self._decode_result_sync, j, buf)
         except (ValueError, CompressionError) as exc:
             self._bad_owner[j] = f"sent an unusable averaged shard: {exc}"
             log.warning("all-reduce %s: owner %s %s", self._session, self._who(j), exc)
         finally:
+            self._recycle.append(buf)
             self._result_decodes.pop(j, None)
             self._changed.set()
 
     def _decode_result_sync(self, j: int, buf: bytearray) -> ResultHeader:
+        """Check owner j's header and decode its shard straight into ``self._out``."""
         hb = header_bytes(self._n)
         view = memoryview(buf)
         header = ResultHeader.decode(view[:hb], self._n)
         if header.statuses[j] != STATUS_INCLUDED:
             raise ValueError("the owner left its own contribution out")
         lo, hi = self._bounds[j]
-        x = self._decode(view[hb:], hi - lo)
-        if not all_finite(x):
-            raise ValueError("averaged shard holds NaN/Inf")
-        self._out[lo:hi].copy_(x)
+        if self._codec == "none" and hi > lo:
+            # Checked in the receive buffer, so a bad shard never reaches the output.
+            x = torch.frombuffer(buf, dtype=torch.float32, count=hi - lo, offset=hb)
+            if not all_finite(x):
+                raise ValueError("averaged shard holds NaN/Inf")
+            self._out[lo:hi].copy_(x)
+        else:
+            # int8 decodes only finite values (scales are checked), but the product can
+            # still overflow; a failure fails this owner's shard, so the junk is unused.
+            self._decode_into(view[hb:], self._out[lo:hi])
+            if not all_finite(self._out[lo:hi]):
+                raise ValueError("averaged shard holds NaN/Inf")
         return header
 
     # ---------------------------------------------------------------- driver
@@ -651,9 +710,21 @@ class AllReduce:
             outcome = await self._drive()
         finally:
             self._router.unregister(self._prefix)
+            self._give_back_buffers()
         if isinstance(outcome, AllReduceFailed):
             raise outcome
         return outcome
+
+    def _give_back_buffers(self) -> None:
+        """Pool the buffers we are done with, unless a worker thread of ours still runs
+        (then they are left to the garbage collector). Buffers of streams still in flight
+        were never put in ``_recycle``."""
+        recycle, self._recycle = self._recycle, []
+        self._shard_payload = []
+        if any(not f.done() for f in self._workers):
+            return
+        for buf in recycle:
+            POOL.give(buf)
 
     async def _drive(self) -> AllReduceResult | AllReduceFailed:
         loop = asyncio.get_running_loop()
@@ -722,13 +793,7 @@ class AllReduce:
                     if m != self._idx and m not in self._dead:
                         result_sends[m] = tg.create_task(self._send_result(m, deadline))
         for j in list(self._result_arrived):
-            buf = self._result_arrived.pop(j)
-            try:
-                self._headers[j] = await asyncio.to_thread(self._decode_result_sync, j, buf)
-            except (ValueError, CompressionError) as exc:
-                self._bad_owner[j] = f"sent an unusable averaged shard: {exc}"
-                log.warning("all-reduce %s: owner %s %s", self._session, self._who(j), exc)
-            del buf
+            await self._decode_result(j, self._result_arrived.pop(j))
         for j, task in sends.items():
             if j in self._headers and not task.done():
                 task.cancel()  # its shard is done; our contribution no longer matters
