@@ -1,12 +1,19 @@
 """Compute utilisation of DiLoCo training over the namespace WAN (root only).
 
 Eight testbed hosts on the wan profile (100 Mbit/s, 50 ms RTT, 1% loss) each run a
-real ``shoal train`` process with the demo's model. Per peer, utilisation =
-1 - (seconds inside ``DiLoCo.sync``: waiting for the round to close, grouping, the
-all-reduce, the head vote) / (wall seconds of the training loop). Baseline in the same
-run: the same swarm on the lan profile (1 Gbit/s, no delay, no loss). The wan swarm
-runs twice: as is, and with ``[run] overlap = true`` (round r's average runs while round
-r+1 computes; the outer step lands one round late).
+real ``shoal train`` process with the demo's model. Per peer:
+
+- utilisation = compute seconds / wall seconds of the training loop, where compute =
+  wall - seconds inside ``DiLoCo.sync``/``flush`` (waiting for the round to close,
+  grouping, the all-reduce, the head vote, encoding, the outer step: every blocking
+  wait counts as idle);
+- steady utilisation: the same without the final flush (the last round's average, which
+  has no next round to hide behind) in either term; it is what a longer run tends to;
+- local steps and steps/s, so a higher utilisation cannot come from doing fewer steps.
+
+Swarms, one after another in the same run: wan; wan with ``[run] overlap = true``
+(round r's average runs while round r+1 computes; the outer step lands one round late);
+and the lan profile (1 Gbit/s, no delay, no loss) without overlap as the baseline.
 
 Caveat: eight trainers share this machine's cores, so an inner step is several times
 slower than on a dedicated machine, which flatters utilisation; the table gives the
@@ -23,6 +30,7 @@ import platform
 import statistics
 import sys
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -32,49 +40,117 @@ from shoal.testbed.swarm import ChaosRun, result
 
 NAME = "butil"
 HOSTS = [f"h{i}" for i in range(8)]
+SWARMS = {"wan": ("wan", False), "wan-overlap": ("wan", True), "lan": ("lan", False)}
+RUN_TIMEOUT_S = 1800
+
+
+def _stats(values: list[float], digits: int = 4) -> dict[str, float]:
+    return {
+        "median": round(statistics.median(values), digits),
+        "min": round(min(values), digits),
+        "max": round(max(values), digits),
+    }
+
+
+def summarise(
+    results: list[dict[str, Any]], rounds: int, inner_steps: int, losses: list[float]
+) -> dict[str, Any]:
+    """Per-peer figures of one swarm (``results``: each trainer's result.json)."""
+    wall = [float(r["wall_s"]) for r in results]
+    sync = [float(r["sync_s"]) for r in results]
+    flush = [float(r["sync_breakdown"]["flush_s"]) for r in results]
+    compute = [w - s for w, s in zip(wall, sync, strict=True)]
+    steps = [int(r["local_steps"]) for r in results]
+    phases = sorted(results[0]["sync_breakdown"])
+    return {
+        "utilisation": _stats([c / w for c, w in zip(compute, wall, strict=True)]),
+        "utilisation_steady": _stats(
+            [c / (w - f) for c, w, f in zip(compute, wall, flush, strict=True)]
+        ),
+        "wall_s": _stats(wall, 2),
+        "sync_s": _stats(sync, 2),
+        "flush_s": _stats(flush, 2),
+        "sync_by_phase_median_s": {
+            k: round(statistics.median(float(r["sync_breakdown"][k]) for r in results), 3)
+            for k in phases
+        },
+        "local_steps": _stats([float(s) for s in steps], 1),
+        "swarm_steps": sum(steps),
+        "nominal_swarm_steps": len(results) * rounds * inner_steps,
+        "steps_per_s": _stats([s / w for s, w in zip(steps, wall, strict=True)], 3),
+        "steps_per_compute_s": _stats([s / c for s, c in zip(steps, compute, strict=True)], 3),
+        "swarm_steps_per_s": round(sum(steps) / statistics.median(wall), 2),
+        "rounds_completed": sorted({int(r["rounds"]) for r in results}),
+        "final_hashes": len({r["final_model_hash"] for r in results}),
+        # median of each peer's last logged training loss: a sanity check, not an eval
+        "final_loss_median": round(statistics.median(losses), 4) if losses else None,
+        "peers": [
+            {k: r[k] for k in ("local_steps", "wall_s", "sync_s", "sync_breakdown")}
+            | {"steps_by_round": [h.get("steps") for h in r["history"]]}
+            for r in results
+        ],
+    }
 
 
 def measure(
-    profile: str, rounds: int, inner_steps: int, out: Path, overlap: bool = False
+    profile: str, overlap: bool, rounds: int, inner_steps: int, out: Path
 ) -> dict[str, Any]:
     net = applier.up(NAME, len(HOSTS), get_profile(profile))
-    run = ChaosRun(net, out / f"{profile}-{overlap}", rounds=rounds, inner_steps=inner_steps,
+    run_dir = out / f"{profile}-{'overlap' if overlap else 'sync'}"
+    run = ChaosRun(net, run_dir, rounds=rounds, inner_steps=inner_steps,
                    deadline_s=120.0, model_kwargs={}, batch_size=16, block_size=64,
                    overlap=overlap)  # fmt: skip
     try:
         cfgs = run.start_all(HOSTS)
-        codes = run.wait_exit(HOSTS, 1800)
+        codes = run.wait_exit(HOSTS, RUN_TIMEOUT_S)
         if any(codes.values()):
-            raise RuntimeError(f"trainers failed: {codes}; see {out}/{profile}")
+            raise RuntimeError(f"trainers failed: {codes}; see {run_dir}")
         results = [result(cfgs[h]) for h in HOSTS]
     finally:
         run.close()
         applier.down(NAME)
-    util = [1 - r["sync_s"] / r["wall_s"] for r in results]
-    return {
-        "utilisation_median": round(statistics.median(util), 4),
-        "utilisation_min": round(min(util), 4),
-        "sync_s_median": round(statistics.median(r["sync_s"] for r in results), 2),
-        "wall_s_median": round(statistics.median(r["wall_s"] for r in results), 2),
-        "rounds": rounds,
-        "inner_steps": inner_steps,
-        "final_hashes": len({r["final_model_hash"] for r in results}),
-    }
+    return summarise(
+        results, rounds, inner_steps, _last_losses(cfgs[h].progress_file for h in HOSTS)
+    )
+
+
+def _last_losses(paths: Iterable[Path | None]) -> list[float]:
+    losses = []
+    for p in paths:
+        if p is None or not p.exists():
+            continue
+        lines = p.read_text().strip().splitlines()
+        if lines:
+            losses.append(float(json.loads(lines[-1])["loss"]))
+    return losses
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--inner-steps", type=int, default=30)
+    ap.add_argument("--swarms", default=",".join(SWARMS), help="comma-separated subset")
+    ap.add_argument("--json", type=Path, help="also write the result here")
     args = ap.parse_args()
+    names = [n for n in args.swarms.split(",") if n]
+    unknown = [n for n in names if n not in SWARMS]
+    if unknown:
+        ap.error(f"unknown swarms {unknown}; choose from {list(SWARMS)}")
+    res: dict[str, Any] = {
+        "machine": f"{platform.node()} {platform.machine()}",
+        "hosts": len(HOSTS),
+        "rounds": args.rounds,
+        "inner_steps": args.inner_steps,
+    }
     with tempfile.TemporaryDirectory(prefix="shoal-util-") as tmp:
-        res = {
-            "machine": f"{platform.node()} {platform.machine()}",
-            "wan": measure("wan", args.rounds, args.inner_steps, Path(tmp)),
-            "wan, overlap": measure("wan", args.rounds, args.inner_steps, Path(tmp), True),
-            "lan (baseline)": measure("lan", args.rounds, args.inner_steps, Path(tmp)),
-        }
-    print(json.dumps(res, indent=1))
+        for n in names:
+            profile, overlap = SWARMS[n]
+            res[n] = measure(profile, overlap, args.rounds, args.inner_steps, Path(tmp))
+            print(json.dumps({n: res[n]}), file=sys.stderr, flush=True)
+    text = json.dumps(res, indent=1)
+    if args.json is not None:
+        args.json.write_text(text + "\n")
+    print(text)
     return 0
 
 

@@ -17,9 +17,10 @@ restarts from them. Every member of a group ends the round with bit-identical pa
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +59,14 @@ JOIN_WAIT_S = 180.0
 JOIN_POLL_S = 0.5
 # After a round, wait this long for the group's heads before checking we agree.
 HEADS_WAIT_S = 3.0
+# Phases of DiLoCo.timings: encode (pseudo-gradient + int8), ledger_commit, average
+# (blocking finish: close, grouping, all-reduce), wait_pending (overlap: blocked on the
+# previous round's average), apply (outer step, hash, anchor, publish), catch_up (head
+# vote), flush (overlap: the last round's average, with nothing left to hide behind).
+TIMING_KEYS = (
+    "encode_s", "ledger_commit_s", "average_s", "wait_pending_s", "apply_s", "catch_up_s",
+    "flush_s",
+)  # fmt: skip
 
 
 class RoundLedger(Protocol):
@@ -80,6 +89,7 @@ class RoundLog:
     bytes_sent: int
     bytes_received: int
     excluded: dict[str, str] = field(default_factory=dict)
+    steps: int = 0  # this peer's inner steps in the round (what its delta holds)
 
 
 class DiLoCo:
@@ -105,8 +115,6 @@ class DiLoCo:
             raise ValueError("inner_steps must be >= 1")
         if secure_aggregation:
             require_mean(aggregator)  # robust rules need the updates SecAgg hides
-        if overlap and ledger is not None:
-            raise ValueError("overlap=True does not support a ledger yet")
         self.model = model
         self.inner = inner_optimizer
         self.run = run
@@ -126,6 +134,8 @@ class DiLoCo:
         self.round_samples = 0
         self.history: list[RoundLog] = []
         self.sync_s = 0.0  # seconds spent in sync(): waiting, averaging, catching up
+        # sync_s by phase (the utilisation benchmark reports where the idle time goes)
+        self.timings = dict.fromkeys(TIMING_KEYS, 0.0)
         # overlap: round r's averaging runs on the node loop while round r+1 computes;
         # its outer update is applied one round late (see _sync_overlapped).
         self.overlap = overlap
@@ -133,6 +143,10 @@ class DiLoCo:
         self.secure_aggregation = secure_aggregation  # the group sees only the sum
         self._pending: concurrent.futures.Future[RoundOutcome] | None = None
         self._round_start: torch.Tensor | None = None
+        self._pending_steps = 0
+        # overlap: head publishes (a DHT put across the WAN) still in flight; checked,
+        # not waited for, until flush
+        self._publishing: list[concurrent.futures.Future[None]] = []
         assert node.node is not None
         self._node = node.node
         self._server: StateServer = node.call(self._make_server())
@@ -159,12 +173,20 @@ class DiLoCo:
     def step(self, samples: int = 1) -> RoundLog | None:
         """One inner step. After ``inner_steps`` of them, or as soon as the swarm has
         closed the round (it reached its target samples or deadline without waiting
-        for us), this also runs the outer round."""
+        for us), this also runs the outer round.
+
+        With ``overlap``, only the swarm's close ends a round: a peer past its
+        ``inner_steps`` keeps computing instead of waiting for the slowest peer, and
+        contributes what it has at the close (weighted by its samples)."""
         self.inner.step()
         self.local_steps += 1
         self.round_steps += 1
         self.round_samples += samples
-        if self.round_steps >= self.inner_steps or self._averager.closed(self.compute_round):
+        if self._averager.closed(self.compute_round):
+            return self.sync()
+        if self.overlap:
+            self._raise_if_pending_failed()
+        elif self.round_steps >= self.inner_steps:
             return self.sync()
         if self.round_steps % PROGRESS_EVERY == 0:
             # a callback on the node's loop, not a task: nothing to wait for or leak
@@ -186,24 +208,40 @@ class DiLoCo:
             # wall time not spent on inner steps: the compute-utilisation benchmark's input
             self.sync_s += time.monotonic() - t0
 
-    def _sync(self) -> RoundLog:
-        local = flatten_params(self.params)
-        delta = pseudo_gradient(self.global_flat, local)
-        # Error feedback: what int8 loses this round is added to the next round's delta.
-        encoded = self.feedback.encode("delta", delta)
-        delta_q = get_codec(self.compression).decode(encoded).reshape(-1).contiguous()
+    @contextlib.contextmanager
+    def _timed(self, key: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        try:
+            yield
+        finally:
+            self.timings[key] += time.monotonic() - t0
+
+    def _encode_delta(self, start: torch.Tensor) -> torch.Tensor:
+        """(start - local params), int8 round-tripped: exactly what the group averages."""
+        with self._timed("encode_s"):
+            delta = pseudo_gradient(start, flatten_params(self.params))
+            # Error feedback: what int8 loses this round is added to the next round's delta.
+            encoded = self.feedback.encode("delta", delta)
+            return get_codec(self.compression).decode(encoded).reshape(-1).contiguous()
+
+    def _commit(self, round_no: int, delta_q: torch.Tensor, samples: int) -> None:
         if self.ledger is not None:  # in the signed feed before anyone can use it
-            self.ledger.commit_update(
-                self.round, delta_q.numpy().tobytes(), max(1, self.round_samples)
-            )
-        outcome = self.node_thread.call(
-            self._averager.finish(self.round, delta_q, max(1, self.round_samples))
-        )
-        entry = self._apply_outcome(outcome, "done")
-        self._begin_round(expect=len(outcome.group.members) - 1)
+            with self._timed("ledger_commit_s"):
+                self.ledger.commit_update(round_no, delta_q.numpy().tobytes(), samples)
+
+    def _sync(self) -> RoundLog:
+        delta_q = self._encode_delta(self.global_flat)
+        samples = max(1, self.round_samples)
+        self._commit(self.round, delta_q, samples)
+        with self._timed("average_s"):
+            outcome = self.node_thread.call(self._averager.finish(self.round, delta_q, samples))
+        with self._timed("apply_s"):
+            entry = self._apply_outcome(outcome, "done", self.round_steps)
+        with self._timed("catch_up_s"):
+            self._begin_round(expect=len(outcome.group.members) - 1)
         return entry
 
-    def _apply_outcome(self, outcome: RoundOutcome, verb: str) -> RoundLog:
+    def _apply_outcome(self, outcome: RoundOutcome, verb: str, steps: int) -> RoundLog:
         """Outer step with the group's average; record, anchor and publish the round."""
         res = outcome.result
         self.outer.step(self.global_flat, res.average)
@@ -215,12 +253,24 @@ class DiLoCo:
         entry = RoundLog(
             self.round, h, len(outcome.group.members), outcome.group.total_samples,
             res.bytes_sent, res.bytes_received,
-            {p.short(): why for p, why in res.excluded.items()},
+            {p.short(): why for p, why in res.excluded.items()}, steps,
         )  # fmt: skip
         self.history.append(entry)
-        self.node_thread.call(self._server.publish(self._snapshot()))
+        self._publish_head()
         log.info("round %d %s: hash %s, group of %d", self.round, verb, h[:12], entry.group_size)
         return entry
+
+    def _publish_head(self) -> None:
+        """Serve the new state and put its head in the DHT. Without overlap we wait
+        (the head vote that follows reads it); with overlap nothing on this thread
+        needs the put done, and across a WAN it took ~0.4 s a round, so it is checked
+        at the next publish and waited for only in ``flush``."""
+        fut = self.node_thread.submit(self._server.publish(self._snapshot()))
+        if not self.overlap:
+            fut.result()
+            return
+        self._publishing = [f for f in self._publishing if not _settled(f)]
+        self._publishing.append(fut)
 
     @property
     def compute_round(self) -> int:
@@ -235,27 +285,34 @@ class DiLoCo:
     def _sync_overlapped(self) -> RoundLog | None:
         """One-step-delayed outer update.
 
-        At the end of compute round c: the pseudo-gradient of c is (params at c's start)
-        - (params now). Round c-1's average, which ran on the node loop during c's inner
-        steps, is waited for (usually already done) and its outer step applied to the
-        global params; the model restarts from them. Then c's average starts in the
+        At the close of compute round c: the pseudo-gradient of c is (params at c's
+        start) - (params now); it goes into the ledger's feed (if any) before anyone can
+        use it. Round c-1's average ran on the node loop during c's inner steps and is
+        done by now (the swarm cannot close c before this peer began it, which it does
+        once c-1's average is done); its outer step is applied to the global params and
+        anchored, and the model restarts from them. Then c's average starts in the
         background (after it, the node announces round c+1) and we return at once.
         Members of a group apply the same average to the same global params, so they
         stay bit-identical at every outer step, as without overlap.
         """
         local = flatten_params(self.params)
         start = self._round_start if self._round_start is not None else self.global_flat
-        delta = pseudo_gradient(start, local)
-        encoded = self.feedback.encode("delta", delta)
-        delta_q = get_codec(self.compression).decode(encoded).reshape(-1).contiguous()
+        delta_q = self._encode_delta(start)
         c = self.compute_round
-        entry = self._apply_pending()
+        samples = max(1, self.round_samples)
+        self._commit(c, delta_q, samples)
+        with self._timed("wait_pending_s"):  # ~0: see above; only an explicit sync() waits
+            outcome = self._take_pending()
+        entry = None
+        if outcome is not None:
+            with self._timed("apply_s"):
+                entry = self._apply_outcome(outcome, "applied", self._pending_steps)
         if entry is None:  # first round: keep training from where the inner steps got to
             self._round_start = local.clone()
         else:
             self._round_start = self.global_flat.clone()
+        self._pending_steps = self.round_steps
         self.round_steps = 0
-        samples = max(1, self.round_samples)
         self.round_samples = 0
         self._pending = self.node_thread.submit(self._average_then_begin(c, delta_q, samples))
         return entry
@@ -263,21 +320,39 @@ class DiLoCo:
     async def _average_then_begin(self, c: int, delta: torch.Tensor, samples: int) -> RoundOutcome:
         outcome = await self._averager.finish(c, delta, samples)
         await self._averager.begin(c + 1)
+        # the steps of c+1 done while c averaged count now, not at the next report
+        self._averager.report(c + 1, self.round_samples)
         return outcome
 
-    def _apply_pending(self) -> RoundLog | None:
-        """Wait for the pending average and apply its outer step (overlap mode)."""
+    def _take_pending(self) -> RoundOutcome | None:
+        """The pending average's outcome (blocks if it is not done; raises its error)."""
         if self._pending is None:
             return None
         outcome = self._pending.result()
         self._pending = None
-        return self._apply_outcome(outcome, "applied")  # overlap has no ledger (checked)
+        return outcome
+
+    def _raise_if_pending_failed(self) -> None:
+        """A failed background average must stop training here: the swarm would never
+        start the next round for us, so its close (the only other exit) never comes."""
+        p = self._pending
+        if p is not None and p.done() and p.exception() is not None:
+            self._take_pending()
 
     def flush(self) -> RoundLog | None:
-        """Overlap mode: finish the pending round now (call after the last round)."""
+        """Overlap mode: finish the pending round now (call after the last round). This
+        is idle time: the last round's average has no next round to hide behind."""
         t0 = time.monotonic()
         try:
-            return self._apply_pending()
+            with self._timed("flush_s"):
+                outcome = self._take_pending()
+                entry = None
+                if outcome is not None:
+                    entry = self._apply_outcome(outcome, "applied", self._pending_steps)
+                for f in self._publishing:  # the final head, for joiners and verifiers
+                    _settled(f, wait=True)
+                self._publishing = []
+                return entry
         finally:
             self.sync_s += time.monotonic() - t0
 
@@ -403,6 +478,18 @@ class DiLoCo:
     @staticmethod
     def load_checkpoint(path: str | Path) -> Checkpoint:
         return load_checkpoint(path)
+
+
+def _settled(fut: concurrent.futures.Future[None], wait: bool = False) -> bool:
+    """Is the head publish ``fut`` over (waiting for it if ``wait``)? A failed one is
+    logged: the next round's publish replaces the head anyway."""
+    if not (wait or fut.done()):
+        return False
+    try:
+        fut.result()
+    except Exception as exc:
+        log.warning("publishing the state head failed: %s", exc)
+    return True
 
 
 def start_node(

@@ -123,6 +123,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             "numel": int(opt.global_flat.numel()),
             "wall_s": round(time.monotonic() - t0, 2),
             "sync_s": round(opt.sync_s, 3),
+            "sync_breakdown": {k: round(v, 3) for k, v in opt.timings.items()},
             "ledger": ledger.stats() if ledger is not None else None,
         }
         if cfg.result_file is not None:

@@ -109,7 +109,9 @@ class SwarmAverager:
 
     def report(self, round_no: int, samples: int) -> None:
         core = self.core
-        if core.rounds.round_no == round_no:
+        # Reports are callbacks queued from the training thread; one queued before a
+        # fresher report (overlap's at round start) may arrive with fewer samples.
+        if core.rounds.round_no == round_no and samples > core.rounds.samples:
             now = time.time()
             self.node.apply(core.from_rounds(now, core.rounds.report_progress(now, samples)))
 
