@@ -1,5 +1,16 @@
+import math
+from typing import Any
+
+import pytest
+import torch
+
 from shoal.training.data import Corpus
-from shoal.training.local import simulate_diloco_inprocess, train_single_node
+from shoal.training.local import (
+    _average_adam_state,
+    _norm_matched,
+    simulate_diloco_inprocess,
+    train_single_node,
+)
 from shoal.training.model import GPTConfig
 
 TINY = GPTConfig(block_size=32, n_layer=1, n_head=2, n_embd=32)
@@ -18,3 +29,47 @@ def test_diloco_four_peers_reduces_held_out_loss(small_corpus: Corpus) -> None:
 def test_single_node_baseline_learns(small_corpus: Corpus) -> None:
     result = train_single_node(30, config=TINY, corpus=small_corpus, batch_size=8, eval_batches=2)
     assert result.final_loss < result.initial_loss - 0.3
+
+
+def test_norm_matched_restores_the_replicas_mean_length() -> None:
+    a, b = torch.tensor([3.0, 4.0]), torch.tensor([3.0, -4.0])  # norms 5, mean (3, 0)
+    out = _norm_matched((a + b) / 2, [a, b])
+    assert torch.allclose(out.norm(), torch.tensor(math.sqrt(2) * 3.0))  # capped at sqrt(2)
+    c = torch.tensor([4.0, 3.0])
+    out = _norm_matched((a + c) / 2, [a, c])  # nearly aligned: stretched, not capped
+    assert torch.allclose(out.norm(), torch.tensor(5.0))
+    assert torch.allclose(out / out.norm(), (a + c) / (a + c).norm())  # same direction
+    zero = torch.zeros(2)
+    assert torch.equal(_norm_matched(zero, [a, -a]), zero)  # nothing to stretch
+
+
+def test_average_adam_state_sets_every_replica_to_the_mean() -> None:
+    models = [torch.nn.Linear(3, 2) for _ in range(2)]
+    opts = [torch.optim.AdamW(m.parameters(), lr=0.1) for m in models]
+    for i, (m, o) in enumerate(zip(models, opts, strict=True)):
+        m(torch.full((1, 3), float(i + 1))).sum().backward()
+        o.step()
+    first = [next(iter(m.parameters())) for m in models]
+    before = [o.state[p]["exp_avg"].clone() for p, o in zip(first, opts, strict=True)]
+    _average_adam_state(list(opts))
+    after = [o.state[p]["exp_avg"] for p, o in zip(first, opts, strict=True)]
+    assert not torch.equal(before[0], before[1])
+    assert torch.allclose(after[0], (before[0] + before[1]) / 2)
+    assert torch.equal(after[0], after[1])
+
+
+def test_ablations_run_and_bad_shard_mode_is_refused(small_corpus: Corpus) -> None:
+    kwargs: dict[str, Any] = {
+        "config": TINY,
+        "corpus": small_corpus,
+        "batch_size": 4,
+        "eval_batches": 1,
+    }
+    base = simulate_diloco_inprocess(2, rounds=1, inner_steps=2, **kwargs)
+    iid = simulate_diloco_inprocess(2, 1, 2, shard_mode="iid", **kwargs)
+    both = simulate_diloco_inprocess(
+        2, 1, 2, average_inner_state=True, rescale_outer=True, outer_nesterov=False, **kwargs
+    )
+    assert len({base.model_hash, iid.model_hash, both.model_hash}) == 3
+    with pytest.raises(ValueError, match="shard_mode"):
+        simulate_diloco_inprocess(2, 1, 1, shard_mode="striped", **kwargs)  # type: ignore[arg-type]

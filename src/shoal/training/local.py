@@ -8,7 +8,10 @@ is a list. Given the same arguments the networked run must reach the same model 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 
@@ -38,8 +41,58 @@ class TrainResult:
     bytes_fp32: int = 0  # what bytes_sent would be uncompressed
 
 
+# "contiguous": what real nodes do (`Corpus.batches(shard=(rank, world))`, a contiguous
+# slice of the split per peer: on the stdlib corpus, different packages per peer).
+# "iid": every peer samples the whole split with its own stream (an ablation: how much
+# the heterogeneous shards cost).
+ShardMode = Literal["contiguous", "iid"]
+# Cap on the norm-matching factor (`rescale_outer`): sqrt(n) is what n orthogonal,
+# equal-norm pseudo-gradients give; more would amplify replicas that disagree.
+MAX_RESCALE_FACTOR_PER_SQRT_PEER = 1.0
+
+
 def _inner_optimizer(model: GPT, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+
+
+def _peer_stream(
+    corpus: Corpus, batch_size: int, block_size: int, seed: int, rank: int, world: int,
+    shard_mode: ShardMode,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    if shard_mode == "contiguous":
+        return corpus.batches("train", batch_size, block_size, seed=seed, shard=(rank, world))
+    if shard_mode == "iid":
+        # Own seed per peer, whole split: streams differ, distributions do not.
+        return corpus.batches("train", batch_size, block_size, seed=seed * 1_000_003 + rank + 1)
+    raise ValueError(f"shard_mode must be 'contiguous' or 'iid', got {shard_mode!r}")
+
+
+@torch.no_grad()
+def _average_adam_state(opts: list[torch.optim.Optimizer]) -> None:
+    """Set every replica's AdamW moments to their mean (an ablation; not sent by nodes)."""
+    for group in zip(*(o.param_groups for o in opts), strict=True):
+        for params in zip(*(g["params"] for g in group), strict=True):
+            states = [o.state[p] for o, p in zip(opts, params, strict=True) if p in o.state]
+            if len(states) != len(opts):
+                continue
+            for key in ("exp_avg", "exp_avg_sq"):
+                mean = torch.stack([s[key] for s in states]).mean(0)
+                for s in states:
+                    s[key].copy_(mean)
+
+
+def _norm_matched(average: torch.Tensor, deltas: list[torch.Tensor]) -> torch.Tensor:
+    """`average` scaled to the mean norm of the replicas' own pseudo-gradients.
+
+    Averaging cancels the coordinates where replicas disagree, so the mean step is
+    shorter than any replica's; this restores the length, keeping the direction.
+    """
+    avg_norm = float(average.norm())
+    if avg_norm == 0.0:
+        return average
+    mean_norm = sum(float(d.norm()) for d in deltas) / len(deltas)
+    cap = MAX_RESCALE_FACTOR_PER_SQRT_PEER * math.sqrt(len(deltas))
+    return average * min(cap, mean_norm / avg_norm)
 
 
 def train_single_node(
@@ -87,15 +140,24 @@ def simulate_diloco_inprocess(
     inner_lr: float = 3e-3,
     outer_lr: float = 0.7,
     outer_momentum: float = 0.9,
+    outer_nesterov: bool = True,
     codec: str = "int8",
     seed: int = 0,
     eval_batches: int = 8,
+    shard_mode: ShardMode = "contiguous",
+    average_inner_state: bool = False,
+    rescale_outer: bool = False,
 ) -> TrainResult:
     """DiLoCo with `n_peers` replicas run one after another in this process.
 
     Each peer keeps its own model copy, AdamW state, data shard (rank, n_peers) and
     error-feedback residual across rounds; all share one global flat buffer and one
     outer optimizer, which every networked peer would hold an identical copy of.
+
+    The defaults are what the nodes do. Ablations (docs/BENCHMARKS.md, "DiLoCo outer
+    optimizer in short runs"): `shard_mode="iid"` (peers sample the whole split),
+    `average_inner_state` (AdamW moments averaged each round), `rescale_outer`
+    (the average stretched to the replicas' mean pseudo-gradient norm).
     """
     if n_peers < 1 or rounds < 1 or inner_steps < 1:
         raise ValueError("n_peers, rounds and inner_steps must be >= 1")
@@ -104,11 +166,11 @@ def simulate_diloco_inprocess(
     models = [GPT(config, seed=seed) for _ in range(n_peers)]  # same seed: same init
     global_flat = flatten_params(models[0].parameters())
     numel = global_flat.numel()
-    outer = OuterOptimizer(lr=outer_lr, momentum=outer_momentum)
+    outer = OuterOptimizer(lr=outer_lr, momentum=outer_momentum, nesterov=outer_nesterov)
     inner_opts = [_inner_optimizer(m, inner_lr) for m in models]
     feedback = [ErrorFeedback(get_codec(codec)) for _ in range(n_peers)]
     streams = [
-        corpus.batches("train", batch_size, config.block_size, seed=seed, shard=(r, n_peers))
+        _peer_stream(corpus, batch_size, config.block_size, seed, r, n_peers, shard_mode)
         for r in range(n_peers)
     ]
     receiver = get_codec(codec)
@@ -135,7 +197,12 @@ def simulate_diloco_inprocess(
             update = receiver.decode(encoded)
             validate_update(update, numel, model_version=rnd, update_version=rnd)
             updates.append((update, samples))
-        outer.step(global_flat, weighted_average(updates))
+        average = weighted_average(updates)
+        if rescale_outer:
+            average = _norm_matched(average, [u for u, _ in updates])
+        if average_inner_state:
+            _average_adam_state(inner_opts)
+        outer.step(global_flat, average)
         unflatten_into(global_flat, models[0].parameters())
         held = evaluate(models[0], corpus, eval_batches)
         result.history.append(((rnd + 1) * inner_steps, held))
