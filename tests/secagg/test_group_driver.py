@@ -3,9 +3,6 @@ dropouts, hostile members and collectors, privacy of what the collector receives
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import dataclasses
 import os
 
 import pytest
@@ -26,7 +23,6 @@ from shoal.secagg.group_driver import (
     require_mean,
     secure_average,
 )
-from shoal.secagg.messages import KeyAdvert, MaskedInput
 from shoal.secagg.network_messages import (
     SHARE_BLOB_BYTES,
     AdvertMsg,
@@ -36,10 +32,9 @@ from shoal.secagg.network_messages import (
     session_id,
 )
 from shoal.secagg.transport_host import TransportHost
-from shoal.transport import TransportError
-from shoal.transport.bulk import BulkClient
 from shoal.wire.codec import MalformedMessage, Message
 from shoal.wire.contact import Contact
+from tests.secagg.hostile import HOSTILE, Hostile
 from tests.secagg.net_helpers import group_average, hosts, inputs, run, weighted_mean
 
 K = 5000
@@ -144,69 +139,6 @@ def test_too_many_dropouts_fail_naming_the_missing() -> None:
 
 
 # ---------------------------------------------------------------- hostile members
-
-
-class Hostile(MemberRun):
-    mode = ""
-
-    async def send_advert(self, advert: KeyAdvert) -> None:
-        if self.mode == "forged_signature":
-            sig = bytearray(advert.signature)
-            sig[0] ^= 1
-            advert = dataclasses.replace(advert, signature=bytes(sig))
-        elif self.mode == "other_identity":  # signed by a key that is not in the roster
-            other = Identity.generate()
-            forged = other.sign(advert.signed_bytes(self.session_bytes))
-            advert = dataclasses.replace(advert, signature=forged)
-        await super().send_advert(advert)
-
-    async def send_shares(self, blobs: dict[int, bytes]) -> None:
-        if self.mode == "shares_missing_one":
-            blobs = dict(sorted(blobs.items())[1:])
-        elif self.mode == "malformed_shares":  # wrong blob size: refused by the codec
-            blobs = {j: b + b"x" for j, b in blobs.items()}
-        await super().send_shares(blobs)
-
-    async def send_masked(self, masked: MaskedInput) -> None:
-        body = masked.values.numpy().astype("<u4").tobytes()
-        if self.mode == "oversized_masked":
-            await self.send_bulk(0, "m", [body + bytes(4096)])
-        elif self.mode == "short_masked":
-            await self.send_bulk(0, "m", [body[:-4]])
-        elif self.mode == "more_bytes":
-            await self._lie(body, body + bytes(64))
-        elif self.mode == "fewer_bytes":
-            await self._lie(body, body[: len(body) // 2])
-        else:
-            await super().send_masked(masked)
-
-    async def _lie(self, announced: bytes, sent: bytes) -> None:
-        """Announce one size, send another (the transport's bulk step methods)."""
-        client = BulkClient(self.host.identity, self.host.transport.contact.addr, self.group[0])
-
-        def lie() -> None:
-            try:
-                client.connect()
-                client.announce(self.prefix + "m", len(announced))
-                client.send_chunk(memoryview(sent))
-                client.finish()
-            finally:
-                client.close()
-
-        with contextlib.suppress(TransportError):
-            await asyncio.to_thread(lie)
-
-
-HOSTILE = {
-    "forged_signature": "signature does not verify",
-    "other_identity": "signature does not verify",
-    "shares_missing_one": "not every advertiser",
-    "malformed_shares": "no shares within",
-    "oversized_masked": "masked vector of",
-    "short_masked": "masked vector of",
-    "more_bytes": "masked stream broke off",
-    "fewer_bytes": "masked stream broke off",
-}
 
 
 @pytest.mark.parametrize("mode", sorted(HOSTILE))

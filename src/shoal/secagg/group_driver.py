@@ -128,6 +128,9 @@ MEMBER_WAIT_FACTOR = 2.0
 # at most this many sessions (oldest dropped), one advert per sender, for this long.
 MAX_EARLY_SESSIONS = 8
 EARLY_TTL_S = 120.0
+# A member re-sends its advert this often until the collector answers (the collector
+# may open its session later, or a dropped connection may have lost the message).
+ADVERT_RESEND_S = 1.0
 _BACKOFF_S = 0.05
 
 Buffer = memoryview | bytes | bytearray
@@ -608,7 +611,8 @@ class CollectorRun(_Run):
 
     def _on_advert(self, m: int, msg: AdvertMsg) -> None:
         if self.step is not _Step.ADVERTS or m + 1 in self.core.adverts:
-            log.info("secagg %s: late or repeated advert from %s", self.session, self.who(m))
+            # members re-send until they hear from us; a late one waits for the result
+            log.debug("secagg %s: late or repeated advert from %s", self.session, self.who(m))
             return
         advert = KeyAdvert(m + 1, msg.enc_pk, msg.mask_pk, msg.signature)
         if not verify(self.ids[m], msg.signature, advert.signed_bytes(self.session_bytes)):
@@ -823,6 +827,8 @@ class CollectorRun(_Run):
         body: list[Buffer] = [header.encode(), payload]
         targets = [m for m in range(self.n) if m != self.idx and m not in self.dead]
         await asyncio.gather(*(self.send_bulk(m, RESULT_TAG, body) for m in targets))
+        log.info("secagg %s: summed %d of %d masked inputs; average sent to %d members",
+                 self.session, len(survivors), self.n, len(targets))  # fmt: skip
         return self.result(avg, header)
 
     async def _abort(self, reason: str) -> AllReduceResult:
@@ -910,8 +916,15 @@ class MemberRun(_Run):
     async def drive(self) -> AllReduceResult:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout * MEMBER_WAIT_FACTOR
-        await self.send_advert(self.client.advertise())
+        advert = self.client.advertise()
+        await self.send_advert(advert)
+        resend_at = loop.time() + ADVERT_RESEND_S
         while True:
+            if self.client.phase is Phase.ADVERTISED and loop.time() >= resend_at:
+                # Not answered yet: the collector may not have opened the session, or
+                # the connection dropped our message; the collector ignores repeats.
+                await self.send_advert(advert)
+                resend_at = loop.time() + ADVERT_RESEND_S
             if self.result_buf is not None:
                 return await asyncio.to_thread(self._parse_result, self.result_buf)
             if self.bad_result is not None:
@@ -932,8 +945,11 @@ class MemberRun(_Run):
             self.changed.clear()
             if self._ready():
                 continue
+            wake = deadline
+            if self.client.phase is Phase.ADVERTISED:
+                wake = min(wake, resend_at)
             try:
-                async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                async with asyncio.timeout(max(0.0, wake - loop.time())):
                     await self.changed.wait()
             except TimeoutError:
                 pass

@@ -10,7 +10,7 @@ import logging
 
 from shoal.averaging.bulk_router import BulkRouter
 from shoal.identity.keys import Identity, PeerId
-from shoal.secagg.group_driver import MessageHandler
+from shoal.secagg.group_driver import MessageHandler, SecAggService
 from shoal.transport import Transport
 from shoal.wire.codec import Codec, Message
 from shoal.wire.contact import Contact
@@ -28,6 +28,8 @@ class TransportHost:
             self.identity, self.codec, on_message=self._on_message, on_bad_peer=self._on_bad
         )
         self.router = BulkRouter.attach(self.transport)
+        # Message types and handler in place before any peer can send an advert.
+        SecAggService.attach(self)
 
     @property
     def contact(self) -> Contact:
