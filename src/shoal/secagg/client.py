@@ -19,6 +19,7 @@ import enum
 import os
 from collections.abc import Callable, Mapping
 
+import numpy as np
 import torch
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
@@ -187,13 +188,17 @@ class SecAggClient:
             y = fixed_point.encode(x, self.clip, self.frac_bits)
         except ValueError as exc:
             raise SecAggError(str(exc)) from None
-        y = y + prg.mask(self._b, self.numel)
+        # uint32 arithmetic wraps modulo 2^32: the ring, with no reduction step.
+        ring = y.numpy().astype(np.uint32)
+        ring += prg.mask_u32(self._b, self.numel)
         for j in sorted(self._shared - {self.me}):
             seed = prg.agree(self._mask, self._adverts[j].mask_pk, self.session, b"pair-mask")
-            m = prg.mask(seed, self.numel)
-            y = y + m if self.me < j else y - m
+            if self.me < j:
+                ring += prg.mask_u32(seed, self.numel)
+            else:
+                ring -= prg.mask_u32(seed, self.numel)
         self.phase = Phase.MASKED
-        return MaskedInput(self.me, y & fixed_point.MASK)
+        return MaskedInput(self.me, torch.from_numpy(ring.astype(np.int64)))
 
     def on_unmask_request(self, req: UnmaskRequest) -> UnmaskShares:
         self._expect(Phase.MASKED)  # answered once only

@@ -7,6 +7,7 @@ who took part, nothing else, unless ``threshold`` peers collude with it.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -98,12 +99,13 @@ class SecAggCollector:
             raise SecAggError(f"{len(self.unmask)} peers sent unmask shares; threshold {self.t}")
         survivors = self._survivors
         dropped = sorted(set(self.shares) - set(survivors))
-        total = torch.zeros(self.numel, dtype=torch.int64)
+        # uint32 arithmetic wraps modulo 2^32: the ring, with no reduction step.
+        total = np.zeros(self.numel, dtype=np.uint32)
         for j in survivors:
-            total = (total + self.masked[j]) & fixed_point.MASK
+            total += self.masked[j].numpy().astype(np.uint32)
         for j in survivors:
             b = shamir.reconstruct({i: m.self_mask[j] for i, m in self.unmask.items()}, self.t)
-            total = total - prg.mask(b, self.numel)
+            total -= prg.mask_u32(b, self.numel)
         for j in dropped:
             raw = shamir.reconstruct({i: m.mask_key[j] for i, m in self.unmask.items()}, self.t)
             key = X25519PrivateKey.from_private_bytes(raw)
@@ -111,10 +113,12 @@ class SecAggCollector:
                 raise SecAggError(f"shares of {j}'s mask key do not match its advert")
             for i in survivors:
                 seed = prg.agree(key, self.adverts[i].mask_pk, self.session, b"pair-mask")
-                m = prg.mask(seed, self.numel)
                 # survivor i added +m if i < j, else -m: take it back out.
-                total = total - m if i < j else total + m
-        return fixed_point.decode(total & fixed_point.MASK, self.frac_bits)
+                if i < j:
+                    total -= prg.mask_u32(seed, self.numel)
+                else:
+                    total += prg.mask_u32(seed, self.numel)
+        return fixed_point.decode(torch.from_numpy(total.astype(np.int64)), self.frac_bits)
 
     @property
     def survivors(self) -> tuple[int, ...]:

@@ -170,6 +170,12 @@ def frac_bits_for(n: int, clip: float) -> int:
     return 0
 
 
+def ring_bytes(masked: MaskedInput) -> memoryview:
+    """Ring elements (int64 in [0, 2^32)) as little-endian uint32, 4 bytes each."""
+    ring: np.ndarray = masked.values.numpy().astype("<u4")
+    return ring.data.cast("B")  # the array's own buffer: no extra copy
+
+
 class SecAggService:
     """One per node: the ``secagg`` protocol handler, dispatching by session id."""
 
@@ -340,16 +346,23 @@ class _Run:
             self.changed.set()
 
     def weighted_input(self) -> torch.Tensor:
-        """[x * w / W, w / W] in float64 (the client encodes it to the ring)."""
+        """[x * w / W, w / W] in float64 (the client encodes it to the ring). CPU
+        work: call it from a worker thread."""
         frac = self.weights[self.idx] / self.total_w
         x = torch.empty(self.k, dtype=torch.float64)
-        x[: self.numel] = self.flat.double() * frac
+        body = x[: self.numel]
+        body.copy_(self.flat)
+        body.mul_(frac)
         x[self.numel] = frac
-        over = int((x[: self.numel].abs() > self.clip).sum())
-        if over:
-            log.warning("secagg %s: %d values beyond the clip %g are clipped", self.session,
-                        over, self.clip)  # fmt: skip
+        peak = float(self.flat.abs().max()) * frac if self.numel else 0.0
+        if peak > self.clip:
+            log.warning("secagg %s: values up to %g exceed the clip %g and are clipped",
+                        self.session, peak, self.clip)  # fmt: skip
         return x
+
+    def mask_input(self, blobs: Mapping[int, bytes]) -> MaskedInput:
+        """Weighted input, encoded and masked (worker thread)."""
+        return self.client.on_shares(blobs, self.weighted_input())
 
     async def send(self, m: int, msg: Message) -> bool:
         """Send a control message; False (and ``m`` marked dead) after SEND_ATTEMPTS."""
@@ -723,11 +736,10 @@ class CollectorRun(_Run):
         except SecAggError as exc:
             return await self._abort(str(exc))
         self.step = _Step.MASKED
-        x = self.weighted_input()
         await asyncio.gather(*(
             self.send(m, RoutedMsg(self.sid, route[m + 1])) for m in others if m + 1 in route
         ))  # fmt: skip
-        mine = await asyncio.to_thread(self.client.on_shares, route[me], x)
+        mine = await asyncio.to_thread(self.mask_input, route[me])
         self.core.on_masked(mine)
 
         # 3. masked inputs (bulk streams)
@@ -809,7 +821,7 @@ class CollectorRun(_Run):
                 f"the unmasked weight {omega:.6g} is not the survivors' {expect:.6g}: "
                 "a member masked a corrupted or differently weighted vector"
             )
-        avg = (s.double() / omega).to(torch.float32)
+        avg, payload = await asyncio.to_thread(self._encode_average, s, omega)
         statuses = []
         for m in range(self.n):
             if m + 1 in survivors:
@@ -819,17 +831,20 @@ class CollectorRun(_Run):
             else:
                 statuses.append(STATUS_UNREACHABLE if m in self.dead else STATUS_NOT_RECEIVED)
         header = ResultHeader(tuple(statuses), sum(self.weights[j - 1] for j in survivors))
-        if self.codec == "none":
-            payload = avg.numpy().tobytes()
-        else:
-            payload = bytes(self._int8.encode(avg).payload)
-            avg = self.decode_payload(payload)  # we keep exactly what we send
         body: list[Buffer] = [header.encode(), payload]
         targets = [m for m in range(self.n) if m != self.idx and m not in self.dead]
         await asyncio.gather(*(self.send_bulk(m, RESULT_TAG, body) for m in targets))
         log.info("secagg %s: summed %d of %d masked inputs; average sent to %d members",
                  self.session, len(survivors), self.n, len(targets))  # fmt: skip
         return self.result(avg, header)
+
+    def _encode_average(self, s: torch.Tensor, omega: float) -> tuple[torch.Tensor, bytes]:
+        """Weighted sum / weight, and the bytes every member gets (worker thread)."""
+        avg = (s.double() / omega).to(torch.float32)
+        if self.codec == "none":
+            return avg, avg.numpy().tobytes()
+        payload = bytes(self._int8.encode(avg).payload)
+        return self.decode_payload(payload), payload  # we keep exactly what we send
 
     async def _abort(self, reason: str) -> AllReduceResult:
         missing = sorted(
@@ -904,7 +919,7 @@ class MemberRun(_Run):
         """Called between our shares and our masked input (a test crashes here)."""
 
     async def send_masked(self, masked: MaskedInput) -> None:
-        body = masked.values.numpy().astype("<u4").tobytes()
+        body = await asyncio.to_thread(ring_bytes, masked)
         await self.send_bulk(0, MASKED_TAG, [body])
 
     # ---------------------------------------------------------------- driver
@@ -978,8 +993,7 @@ class MemberRun(_Run):
         routed = self.inbox.get(RoutedMsg)
         if phase is Phase.SHARED and isinstance(routed, RoutedMsg):
             try:
-                x = self.weighted_input()
-                masked = await asyncio.to_thread(self.client.on_shares, dict(routed.blobs), x)
+                masked = await asyncio.to_thread(self.mask_input, dict(routed.blobs))
             except SecAggError as exc:
                 # e.g. a share that fails authentication: we cannot mask consistently,
                 # so we drop out (recovered like a crash) and wait for the result.

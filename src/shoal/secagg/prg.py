@@ -24,10 +24,16 @@ def agree(private: X25519PrivateKey, public: bytes, session: bytes, label: bytes
     return derive(private.exchange(X25519PublicKey.from_public_bytes(public)), session, label)
 
 
-def mask(seed: bytes, numel: int) -> torch.Tensor:
-    """``numel`` pseudo-random ring elements (int64 in [0, 2^32)) from a 32-byte seed."""
+def mask_u32(seed: bytes, numel: int) -> np.ndarray:
+    """``numel`` pseudo-random ring elements as uint32 (read-only). uint32 arithmetic
+    wraps modulo 2^32, which is exactly the ring, so sums need no reduction."""
     if len(seed) != 32:
         raise ValueError("mask seed must be 32 bytes")
     enc = Cipher(algorithms.AES(seed), modes.CTR(b"\0" * 16)).encryptor()
     stream = enc.update(bytes(4 * numel)) + enc.finalize()
-    return torch.from_numpy(np.frombuffer(stream, dtype="<u4").astype(np.int64))
+    return np.frombuffer(stream, dtype="<u4")
+
+
+def mask(seed: bytes, numel: int) -> torch.Tensor:
+    """``numel`` pseudo-random ring elements (int64 in [0, 2^32)) from a 32-byte seed."""
+    return torch.from_numpy(mask_u32(seed, numel).astype(np.int64))
