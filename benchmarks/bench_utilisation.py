@@ -80,6 +80,9 @@ def summarise(
         "steps_per_s": _stats([s / w for s, w in zip(steps, wall, strict=True)], 3),
         "steps_per_compute_s": _stats([s / c for s, c in zip(steps, compute, strict=True)], 3),
         "swarm_steps_per_s": round(sum(steps) / statistics.median(wall), 2),
+        # where a round's time goes after its close (median over peers and rounds)
+        "round_phases_median_s": _phase_medians([h for r in results for h in r["history"][:-1]]),
+        "last_round_phases_median_s": _phase_medians([r["history"][-1] for r in results]),
         "rounds_completed": sorted({int(r["rounds"]) for r in results}),
         "final_hashes": len({r["final_model_hash"] for r in results}),
         # median of each peer's last logged training loss: a sanity check, not an eval
@@ -87,6 +90,7 @@ def summarise(
         "peers": [
             {k: r[k] for k in ("local_steps", "wall_s", "sync_s", "sync_breakdown")}
             | {"steps_by_round": [h.get("steps") for h in r["history"]]}
+            | {"phases_by_round": [h.get("phases") for h in r["history"]]}
             for r in results
         ],
     }
@@ -114,6 +118,14 @@ def measure(
     )
 
 
+def _phase_medians(history: list[dict[str, Any]]) -> dict[str, float]:
+    keys = sorted({k for h in history for k in h.get("phases", {})})
+    return {
+        k: round(statistics.median(h["phases"][k] for h in history if k in h["phases"]), 3)
+        for k in keys
+    }
+
+
 def _last_losses(paths: Iterable[Path | None]) -> list[float]:
     losses = []
     for p in paths:
@@ -131,6 +143,7 @@ def main() -> int:
     ap.add_argument("--inner-steps", type=int, default=30)
     ap.add_argument("--swarms", default=",".join(SWARMS), help="comma-separated subset")
     ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--keep", type=Path, help="keep the trainers' dirs (logs) under here")
     args = ap.parse_args()
     names = [n for n in args.swarms.split(",") if n]
     unknown = [n for n in names if n not in SWARMS]
@@ -143,9 +156,10 @@ def main() -> int:
         "inner_steps": args.inner_steps,
     }
     with tempfile.TemporaryDirectory(prefix="shoal-util-") as tmp:
+        out = args.keep or Path(tmp)
         for n in names:
             profile, overlap = SWARMS[n]
-            res[n] = measure(profile, overlap, args.rounds, args.inner_steps, Path(tmp))
+            res[n] = measure(profile, overlap, args.rounds, args.inner_steps, out)
             print(json.dumps({n: res[n]}), file=sys.stderr, flush=True)
     text = json.dumps(res, indent=1)
     if args.json is not None:

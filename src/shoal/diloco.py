@@ -19,6 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from shoal.compression import ErrorFeedback, get_codec
+from shoal.rounds.events import GroupFormed, RoundClosed
 from shoal.runtime.background import NodeThread
 from shoal.secagg.group_driver import require_mean
 from shoal.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -90,6 +92,10 @@ class RoundLog:
     bytes_received: int
     excluded: dict[str, str] = field(default_factory=dict)
     steps: int = 0  # this peer's inner steps in the round (what its delta holds)
+    # seconds between the round's milestones as this peer saw them: close -> this
+    # peer's sync (its last inner step), close -> group formed (the join window),
+    # group formed -> average done (the all-reduce)
+    phases: dict[str, float] = field(default_factory=dict)
 
 
 class DiLoCo:
@@ -149,6 +155,10 @@ class DiLoCo:
         self._publishing: list[concurrent.futures.Future[None]] = []
         assert node.node is not None
         self._node = node.node
+        # (milestone, round) -> monotonic time; written on the node loop and by sync
+        self._marks: dict[tuple[str, int], float] = {}
+        self._marks_lock = threading.Lock()
+        self._node.add_listener(self._mark_event)
         self._server: StateServer = node.call(self._make_server())
         self._averager: SwarmAverager = node.call(self._make_averager(allreduce_timeout_s))
         if join_existing:
@@ -165,6 +175,25 @@ class DiLoCo:
             self._node, self.run, self.compression, timeout_s, admit, self.aggregator,
             secure_aggregation=self.secure_aggregation,
         )  # fmt: skip
+
+    def _mark(self, what: str, round_no: int) -> None:
+        with self._marks_lock:
+            self._marks[(what, round_no)] = time.monotonic()
+
+    def _mark_event(self, ev: object) -> None:
+        if isinstance(ev, RoundClosed):
+            self._mark("closed", ev.round_no)
+        elif isinstance(ev, GroupFormed):  # a re-formed group replaces the first
+            self._mark("grouped", ev.round_no)
+
+    def _phases(self, round_no: int) -> dict[str, float]:
+        with self._marks_lock:
+            m = {k: t for (k, r), t in self._marks.items() if r == round_no}
+            self._marks = {k: t for k, t in self._marks.items() if k[1] > round_no}
+        spans = {"close_to_sync_s": ("closed", "synced"),
+                 "close_to_group_s": ("closed", "grouped"),
+                 "group_to_averaged_s": ("grouped", "averaged")}  # fmt: skip
+        return {n: round(m[b] - m[a], 3) for n, (a, b) in spans.items() if a in m and b in m}
 
     # -- torch optimizer surface -------------------------------------------------
     def zero_grad(self, set_to_none: bool = True) -> None:
@@ -230,11 +259,13 @@ class DiLoCo:
                 self.ledger.commit_update(round_no, delta_q.numpy().tobytes(), samples)
 
     def _sync(self) -> RoundLog:
+        self._mark("synced", self.round)
         delta_q = self._encode_delta(self.global_flat)
         samples = max(1, self.round_samples)
         self._commit(self.round, delta_q, samples)
         with self._timed("average_s"):
             outcome = self.node_thread.call(self._averager.finish(self.round, delta_q, samples))
+        self._mark("averaged", self.round)
         with self._timed("apply_s"):
             entry = self._apply_outcome(outcome, "done", self.round_steps)
         with self._timed("catch_up_s"):
@@ -247,13 +278,14 @@ class DiLoCo:
         self.outer.step(self.global_flat, res.average)
         unflatten_into(self.global_flat, self.params)
         self.round += 1
+        phases = self._phases(self.round - 1)
         h = model_hash(self._named_params())
         if self.ledger is not None:
             self.ledger.anchor_round(self.round - 1, h, outcome.group.members)
         entry = RoundLog(
             self.round, h, len(outcome.group.members), outcome.group.total_samples,
             res.bytes_sent, res.bytes_received,
-            {p.short(): why for p, why in res.excluded.items()}, steps,
+            {p.short(): why for p, why in res.excluded.items()}, steps, phases,
         )  # fmt: skip
         self.history.append(entry)
         self._publish_head()
@@ -295,10 +327,11 @@ class DiLoCo:
         Members of a group apply the same average to the same global params, so they
         stay bit-identical at every outer step, as without overlap.
         """
+        c = self.compute_round
+        self._mark("synced", c)
         local = flatten_params(self.params)
         start = self._round_start if self._round_start is not None else self.global_flat
         delta_q = self._encode_delta(start)
-        c = self.compute_round
         samples = max(1, self.round_samples)
         self._commit(c, delta_q, samples)
         with self._timed("wait_pending_s"):  # ~0: see above; only an explicit sync() waits
@@ -319,6 +352,7 @@ class DiLoCo:
 
     async def _average_then_begin(self, c: int, delta: torch.Tensor, samples: int) -> RoundOutcome:
         outcome = await self._averager.finish(c, delta, samples)
+        self._mark("averaged", c)
         await self._averager.begin(c + 1)
         # the steps of c+1 done while c averaged count now, not at the next report
         self._averager.report(c + 1, self.round_samples)
