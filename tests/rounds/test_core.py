@@ -347,3 +347,36 @@ def test_sharded_progress_closes_on_an_estimate_and_groups_within_shards() -> No
         assert shards == {w.cores[i].shard}
     keys = {w.cores[i].progress_key(0, w.cores[i].shard) for i in range(60)}
     assert len(keys) == 4
+
+
+def test_a_late_poll_reply_that_shows_the_target_closes_the_round() -> None:
+    """A get slower than the poll interval (a dead holder's RPC timed out) is
+    superseded by the next poll; its records must still be able to close the round."""
+    from shoal.rounds import DhtGetRequest
+
+    core, _ = _solo(round_no=0, version=0)
+    other = identity(1).peer_id
+
+    def gets(acts: list[object]) -> list[DhtGetRequest]:
+        return [a.event for a in acts if isinstance(a, Emit) and isinstance(a.event, DhtGetRequest)]
+
+    first = gets(list(core.on_timer(1.0, "poll")))
+    second = gets(list(core.on_timer(4.0, "poll")))  # the first get has not answered
+    assert len(first) == 1 and len(second) == 1
+    old_tag, new_tag = first[0].tag, second[0].tag
+    assert old_tag != new_tag
+    # A late reply below the target changes nothing...
+    low = Progress(500, 0, False, "h:2").encode()
+    assert core.on_dht_records(4.5, old_tag, [(other, low)]) == []
+    assert core.phase is Phase.TRAINING and core.estimated_samples() == 500
+    # ...one at the target closes at once, with the reason "target".
+    high = Progress(2500, 0, False, "h:2").encode()
+    out = core.on_dht_records(5.1, old_tag, [(other, high)])
+    ev = [a.event for a in out if isinstance(a, Emit) and isinstance(a.event, RoundClosed)]
+    assert [(e.reason, e.estimated_samples) for e in ev] == [("target", 2500)]
+    assert core.phase is not Phase.TRAINING
+    # The reply to the current poll, arriving after the close, closes nothing again.
+    assert not any(
+        isinstance(a, Emit) and isinstance(a.event, RoundClosed)
+        for a in core.on_dht_records(5.2, new_tag, [(other, high)])
+    )

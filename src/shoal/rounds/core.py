@@ -276,6 +276,14 @@ class RoundCore:
             return []
         self._merge(round_no, shard, records)
         if gen != self._gen or kind != self._pending_kind or shard not in self._pending:
+            # A reply that lands after the next poll began (its get waited out a dead
+            # holder's RPC timeout, which is as long as a poll interval) still counts:
+            # checking only the latest poll, a swarm whose gets outlast the interval
+            # would never see its target and close at the deadline.
+            if self.phase is Phase.TRAINING and (
+                self.estimated_samples() >= self.config.target_samples
+            ):
+                return self._close(now, "target")
             return []
         self._pending.discard(shard)
         if self._pending:
