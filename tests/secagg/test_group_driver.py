@@ -23,6 +23,7 @@ from shoal.secagg.group_driver import (
     require_mean,
     secure_average,
 )
+from shoal.secagg.messages import MaskedInput
 from shoal.secagg.network_messages import (
     SHARE_BLOB_BYTES,
     AdvertMsg,
@@ -122,6 +123,44 @@ def test_member_dying_after_its_shares_is_recovered() -> None:
     (gone,) = rs[0].excluded
     assert "unreachable" in rs[0].excluded[gone] or "no masked input" in rs[0].excluded[gone]
     assert len(rs[0].contributors) == 4
+
+
+class CrashAfterMasked(MemberRun):
+    """Its masked input arrives, then it dies before the unmask step."""
+
+    async def send_masked(self, masked: MaskedInput) -> None:
+        await super().send_masked(masked)
+        await self.host.transport.aclose()
+        raise Crashed
+
+
+def test_member_dying_after_its_masked_input_still_counts() -> None:
+    n = 4
+    xs, ws = inputs(n, K, seed=7), [1.0, 2.0, 3.0, 4.0]
+
+    async def main() -> list[AllReduceResult | BaseException]:
+        return await group_average(await hosts(n), xs, ws, members={3: CrashAfterMasked})
+
+    results = run(main())
+    assert isinstance(results[3], Crashed)
+    rs = ok(results, [0, 1, 2])
+    assert_identical(rs)
+    # its masked input is in the sum; the other survivors' shares remove its self mask
+    assert float((rs[0].average.double() - weighted_mean(xs, ws)).abs().max()) <= tolerance(n, 1)
+    assert len(rs[0].contributors) == 4
+
+
+def test_too_few_unmask_answers_fail_naming_the_silent() -> None:
+    xs, ws = inputs(3, 64), [1.0, 1.0, 1.0]  # threshold 2: the collector alone is short
+
+    async def main() -> list[AllReduceResult | BaseException]:
+        return await group_average(
+            await hosts(3), xs, ws, members={1: CrashAfterMasked, 2: CrashAfterMasked}
+        )
+
+    failed = run(main())[0]
+    assert isinstance(failed, AllReduceFailed), failed
+    assert len(failed.missing) == 2 and "threshold" in str(failed)
 
 
 def test_too_many_dropouts_fail_naming_the_missing() -> None:

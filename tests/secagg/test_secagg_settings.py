@@ -48,6 +48,8 @@ def test_run_toml_option(tmp_path: Path) -> None:
     assert _load(tmp_path, "").secure_aggregation is False
     with pytest.raises(ConfigError, match="masks hide each peer's update"):
         _load(tmp_path, 'secure_aggregation = true\naggregator = "median"')
+    with pytest.raises(ConfigError, match="group_size must be <= 128"):
+        _load(tmp_path, "secure_aggregation = true\ngroup_size = 200")
     with pytest.raises(ConfigError, match="true or false"):
         _load(tmp_path, 'secure_aggregation = "yes"')
 

@@ -757,8 +757,13 @@ class CollectorRun(_Run):
 
         # 4. unmask shares
         await self.wait(lambda: not self.waiting_on(), loop.time() + control_s)
-        for m in self.waiting_on():
+        silent = self.waiting_on()
+        for m in silent:
             log.warning("secagg %s: no unmask shares from %s", self.session, self.who(m))
+        if len(self.core.unmask) < self.t:  # name them, so the group re-forms without them
+            for m in silent:
+                why = self.dead.get(m, f"no unmask shares within {control_s:.1f} s")
+                self.exclude(m, STATUS_NOT_RECEIVED, why)
         try:
             total = await asyncio.to_thread(self.core.finish)
         except SecAggError as exc:

@@ -48,6 +48,7 @@ import torch
 
 from shoal.aggregation import AGGREGATORS
 from shoal.secagg.group_driver import require_mean
+from shoal.secagg.network_messages import MAX_SECAGG_GROUP
 
 
 class ConfigError(ValueError):
@@ -172,6 +173,9 @@ def _check(cfg: RunConfig) -> None:
             require_mean(cfg.aggregator)
         except ValueError as exc:
             raise ConfigError(f"run.secure_aggregation: {exc}") from None
+        if cfg.group_size > MAX_SECAGG_GROUP:
+            raise ConfigError(f"run.group_size must be <= {MAX_SECAGG_GROUP} with "
+                              "secure_aggregation (masks and shares grow as n^2)")  # fmt: skip
     if not 0 <= cfg.rank < cfg.world:
         raise ConfigError("data.rank must be in [0, world)")
 
