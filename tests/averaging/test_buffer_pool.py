@@ -67,14 +67,14 @@ def test_all_reduce_gives_buffers_back_and_reuses_them(compression: str) -> None
     async def body() -> None:
         members = await swarm(3)
         try:
-            xs = tensors(3, 300_001, seed=4)
+            xs = tensors(3, 3_000_001, seed=4)
             POOL.clear()
             first = results_only(
                 await reduce_all(members, xs, [1.0] * 3, "pool/a", compression=compression)
             )
             assert POOL.cached_bytes > 0
             hits = POOL.hits
-            ys = tensors(3, 300_001, seed=5)
+            ys = tensors(3, 3_000_001, seed=5)
             second = results_only(
                 await reduce_all(members, ys, [1.0] * 3, "pool/b", compression=compression)
             )

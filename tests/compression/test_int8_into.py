@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from shoal.compression import EncodedTensor, MalformedEncodingError
+from shoal.compression import EncodedTensor, MalformedEncodingError, NonFiniteTensorError
 from shoal.compression.int8 import BLOCK_VALUES, Int8Codec, payload_size
 
 
@@ -57,3 +57,52 @@ def test_decode_into_still_rejects_bad_payloads() -> None:
     raw[10] = 0x80  # -128 in the int8 area
     with pytest.raises(MalformedEncodingError):
         codec.decode(EncodedTensor("int8", (100,), raw, chunk_size=4096), out=torch.empty(100))
+
+
+@pytest.mark.parametrize("numel", [0, 7, 4096 * 3 + 5, BLOCK_VALUES + 4097])
+def test_roundtrip_is_decode_of_the_payload_even_in_place(numel: int) -> None:
+    codec = Int8Codec()
+    x = torch.randn(numel, generator=torch.Generator().manual_seed(2)) * 5
+    back = torch.empty(numel)
+    enc = codec.encode(x, roundtrip=back)
+    assert torch.equal(back, codec.decode(enc))
+    y = x.clone()
+    enc2 = codec.encode(y, roundtrip=y)  # the owner's case: the shard becomes its decode
+    assert bytes(enc2.payload) == bytes(enc.payload)
+    assert torch.equal(y, back)
+
+
+def test_decode_range_matches_slices_of_a_full_decode() -> None:
+    codec = Int8Codec()
+    x = torch.randn(3 * 4096 + 100, generator=torch.Generator().manual_seed(3))
+    enc = codec.encode(x)
+    full = codec.decode(enc)
+    for start, stop in [(0, 4096), (4096, 3 * 4096 + 100), (8192, 8192), (0, x.numel())]:
+        part = torch.empty(stop - start)
+        codec.decode_range(enc, start, stop, part)
+        assert torch.equal(part, full[start:stop])
+    with pytest.raises(ValueError, match="range"):
+        codec.decode_range(enc, 1, 10, torch.empty(9))
+    with pytest.raises(ValueError, match="range"):
+        codec.decode_range(enc, 0, x.numel() + 1, torch.empty(x.numel() + 1))
+
+
+def test_check_rejects_what_decode_rejects() -> None:
+    codec = Int8Codec()
+    good = codec.encode(torch.randn(5000))
+    codec.check(good)
+    raw = bytearray(good.payload)
+    raw[0:4] = torch.tensor([float("nan")]).numpy().tobytes()
+    with pytest.raises(MalformedEncodingError, match="scale"):
+        codec.check(EncodedTensor("int8", (5000,), raw, chunk_size=4096))
+    with pytest.raises(MalformedEncodingError, match="bytes"):
+        codec.check(EncodedTensor("int8", (5001,), good.payload, chunk_size=4096))
+
+
+def test_non_finite_input_is_refused_by_the_free_scale_check() -> None:
+    codec = Int8Codec()
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        x = torch.randn(10_000)
+        x[7777] = bad
+        with pytest.raises(NonFiniteTensorError, match="1 NaN/Inf"):
+            codec.encode(x)

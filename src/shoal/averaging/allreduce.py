@@ -107,9 +107,31 @@ _BACKOFF_START_S = 0.005
 _BACKOFF_MAX_S = 0.25
 
 Buffer = memoryview | bytes | bytearray
-# A decoded, validated contribution, or None with the exclusion status and reason.
-Checked = tuple[torch.Tensor | None, int, str]
+# A validated contribution (fp32 values, or an int8 payload that passed its checks and
+# is decoded inside the reduce), or None with the exclusion status and reason.
+Contribution = torch.Tensor | EncodedTensor
+Checked = tuple[Contribution | None, int, str]
 T = TypeVar("T")
+
+
+def _output_buffer(out: torch.Tensor | None, flat: torch.Tensor) -> torch.Tensor:
+    """``out`` checked for use as the result of averaging ``flat``, or a new tensor."""
+    if out is None:
+        return torch.empty(flat.numel(), dtype=torch.float32)
+    if (
+        out.device.type != "cpu"
+        or out.dtype != torch.float32
+        or out.dim() != 1
+        or not out.is_contiguous()
+        or out.numel() != flat.numel()
+    ):
+        raise ValueError(f"out must be a contiguous 1-D CPU fp32 tensor of {flat.numel()} values")
+    a0, a1 = out.data_ptr(), out.data_ptr() + 4 * out.numel()
+    b0, b1 = flat.data_ptr(), flat.data_ptr() + 4 * flat.numel()
+    if out.numel() and a0 < b1 and b0 < a1:
+        # flat is streamed in place while results land in out: they must not share bytes.
+        raise ValueError("out must not overlap flat")
+    return out
 
 
 class AllReduceFailed(Exception):
@@ -158,6 +180,7 @@ class AllReduce:
         timeout_s: float,
         probe_interval_s: float = PROBE_INTERVAL_S,
         aggregator: Aggregator | None = None,
+        out: torch.Tensor | None = None,
     ) -> None:
         self._router = router
         self._aggregator = aggregator  # None: the weighted mean below
@@ -200,7 +223,7 @@ class AllReduce:
         self._idx = ids.index(me.peer_id)
         self._index = {p: i for i, p in enumerate(ids)}
         self._bounds = shard_bounds(self._numel, self._n)
-        self._out = torch.empty(self._numel, dtype=torch.float32)
+        self._out = _output_buffer(out, flat)
         self._int8 = Int8Codec(DEFAULT_CHUNK_SIZE)
         # owner side: contributions to our shard
         self._incoming: dict[int, tuple[bytearray, float]] = {}  # stream accepted, not done
@@ -537,17 +560,25 @@ class AllReduce:
         self._int8.decode(enc, out=out)
 
     def _check_contribution_sync(self, buf: bytearray, k: int) -> Checked:
-        """Decode and validate one contribution (worker thread): (values, 0, "") or
-        (None, status, reason). fp32 values are a view of ``buf``; int8 ones are decoded
-        into a pooled buffer, recycled with the rest when the all-reduce ends."""
+        """Validate one contribution (worker thread): (value, 0, "") or (None, status,
+        reason). fp32 values are a view of ``buf``. An int8 payload is only checked
+        here and decoded a block at a time inside the reduce (no shard-sized fp32 copy);
+        a robust aggregator needs whole vectors, so for it the payload is decoded into a
+        pooled buffer, recycled with the rest when the all-reduce ends. Neither needs a
+        NaN/Inf scan: a payload whose scales are finite and >= 0 and whose codes are in
+        [-127, 127] decodes to |value| <= its chunk's scale."""
+        x: Contribution
         try:
             if self._codec == "none" or k == 0:
                 x = torch.frombuffer(buf, dtype=torch.float32, count=k) if k else torch.empty(0)
+                validate_update(x, k, self._version, self._version)  # the NaN/Inf scan
+            elif self._aggregator is None:
+                x = EncodedTensor("int8", (k,), buf, chunk_size=DEFAULT_CHUNK_SIZE)
+                self._int8.check(x)
             else:
                 x, floats = POOL.take_floats(k)
                 self._recycle.append(floats)  # list.append is atomic; read on the loop later
                 self._decode_into(buf, x)
-            validate_update(x, k, self._version, self._version)
         except (NonFiniteUpdateError, NonFiniteTensorError) as exc:
             return None, STATUS_NON_FINITE, f"{type(exc).__name__}: {exc}"
         except (CompressionError, UpdateRejected) as exc:
@@ -564,11 +595,12 @@ class AllReduce:
         rejected while decoding, the weight used per member, and the divisor."""
         lo, hi = self._bounds[self._idx]
         k = hi - lo
-        parts: list[tuple[torch.Tensor, float]] = []
+        parts: list[tuple[Contribution, float]] = []
         by_member: list[torch.Tensor | None] = [None] * self._n
         rejected: list[tuple[int, int, str]] = []
         weights = [0.0] * self._n
         for m in range(self._n):  # group order = peer-id order: a fixed summation order
+            x: Contribution
             if m == self._idx:
                 x, w = self._flat[lo:hi], self._weight
             elif m in arrived:
@@ -581,7 +613,8 @@ class AllReduce:
             else:
                 continue
             parts.append((x, w))
-            by_member[m] = x
+            if isinstance(x, torch.Tensor):  # always, with an aggregator (see the check)
+                by_member[m] = x
             weights[m] = w
         total = sum(w for _, w in parts)
         acc = self._out[lo:hi]
@@ -590,7 +623,8 @@ class AllReduce:
         else:
             # w / total in float64, one rounding to fp32: as diloco_math.weighted_average,
             # and like it a separate mul and add per member (no FMA), in group order. Done
-            # a cache-sized block at a time: the same bits, without a shard-sized scratch.
+            # a cache-sized block at a time: the same bits, without a shard-sized scratch;
+            # an int8 payload is decoded into the block scratch right there.
             scales = [torch.tensor(w / total, dtype=torch.float32) for _, w in parts]
             tmp = torch.empty(min(k, REDUCE_BLOCK_VALUES), dtype=torch.float32)
             for b0 in range(0, k, REDUCE_BLOCK_VALUES):
@@ -598,7 +632,11 @@ class AllReduce:
                 block, t = acc[b0:b1], tmp[: b1 - b0]
                 block.zero_()
                 for (x, _), scale in zip(parts, scales, strict=True):
-                    torch.mul(x[b0:b1], scale, out=t)
+                    if isinstance(x, torch.Tensor):
+                        torch.mul(x[b0:b1], scale, out=t)
+                    else:
+                        self._int8.decode_range(x, b0, b1, t)
+                        t.mul_(scale)
                     block.add_(t)
         del parts, by_member
         if not all_finite(acc):
@@ -608,9 +646,9 @@ class AllReduce:
         else:
             payload = POOL.take(payload_bytes(self._codec, k))
             self._recycle.append(payload)  # read by our result sends, over before run() ends
-            self._int8.encode(acc, out=payload)
+            # The owner keeps what it sends: acc becomes decode(payload), bit for bit.
+            self._int8.encode(acc, out=payload, roundtrip=acc)
             self._shard_payload = [payload]
-            self._decode_into(payload, acc)  # the owner keeps what it sends
         return rejected, weights, total
 
     async def _reduce(self) -> float:
@@ -695,11 +733,9 @@ class AllReduce:
                 raise ValueError("averaged shard holds NaN/Inf")
             self._out[lo:hi].copy_(x)
         else:
-            # int8 decodes only finite values (scales are checked), but the product can
-            # still overflow; a failure fails this owner's shard, so the junk is unused.
+            # int8 decodes only finite values (scales are checked, |code| <= 127); a
+            # malformed payload fails this owner's shard, so what it left is unused.
             self._decode_into(view[hb:], self._out[lo:hi])
-            if not all_finite(self._out[lo:hi]):
-                raise ValueError("averaged shard holds NaN/Inf")
         return header
 
     # ---------------------------------------------------------------- driver
@@ -865,6 +901,7 @@ async def all_reduce(
     timeout_s: float,
     probe_interval_s: float = PROBE_INTERVAL_S,
     aggregator: Aggregator | None = None,
+    out: torch.Tensor | None = None,
 ) -> AllReduceResult:
     """Weighted average of ``flat`` across ``group``; every member gets identical bits.
 
@@ -872,6 +909,10 @@ async def all_reduce(
     ``me``; ``session`` is unique to this attempt (e.g. f"{run}/r{round}/g{g}/a{try}").
     ``flat`` (1-D fp32, contiguous, finite) must not change until this returns.
     ``aggregator`` replaces the weighted mean by a robust rule (shoal.aggregation).
+    ``out`` (1-D fp32 contiguous, same length, not overlapping ``flat``) receives the
+    average instead of a new tensor: a caller that averages every round reuses one
+    buffer, as an in-place collective does (a fresh 64 MiB output costs ~40 ms of page
+    faults here). It holds junk if the all-reduce fails.
     Raises ValueError for bad arguments and AllReduceFailed if members are missing.
     """
     if isinstance(router, Transport):
@@ -888,5 +929,6 @@ async def all_reduce(
         timeout_s=timeout_s,
         probe_interval_s=probe_interval_s,
         aggregator=aggregator,
+        out=out,
     )
     return await job.run()

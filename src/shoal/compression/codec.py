@@ -64,21 +64,28 @@ class Codec(Protocol):
     def decode(self, encoded: EncodedTensor) -> torch.Tensor: ...
 
 
-def flat_float32(tensor: torch.Tensor) -> npt.NDArray[np.float32]:
+def flat_float32(tensor: torch.Tensor, *, check_finite: bool = True) -> npt.NDArray[np.float32]:
     """A flat fp32 numpy view of `tensor`; copies only if it is not already CPU fp32 contiguous.
 
-    Raises NonFiniteTensorError on NaN/Inf, so no codec ever sees them.
+    Raises NonFiniteTensorError on NaN/Inf, so no codec ever sees them. A codec that
+    detects them itself on the way (int8: a NaN/Inf makes its chunk's scale non-finite)
+    passes ``check_finite=False`` and must call `non_finite_error` when it does.
     """
     if not tensor.is_floating_point():
         raise CompressionError(f"codecs take floating-point tensors, got {tensor.dtype}")
     flat = tensor.detach().to(device="cpu", dtype=torch.float32).reshape(-1).contiguous()
-    if not all_finite(flat):
-        bad = int((~torch.isfinite(flat)).sum())
-        raise NonFiniteTensorError(f"tensor has {bad} NaN/Inf value(s) of {flat.numel()}")
+    if check_finite and not all_finite(flat):
+        raise non_finite_error(flat)
     if sys.byteorder != "little":  # numpy view below would be big-endian
         return flat.numpy().astype(FLOAT32_LE)
     array: npt.NDArray[np.float32] = flat.numpy()
     return array
+
+
+def non_finite_error(flat: torch.Tensor) -> NonFiniteTensorError:
+    """The error for a tensor known to hold NaN/Inf (counts them: error path only)."""
+    bad = int((~torch.isfinite(flat)).sum())
+    return NonFiniteTensorError(f"tensor has {bad} NaN/Inf value(s) of {flat.numel()}")
 
 
 def check_shape(shape: tuple[int, ...]) -> int:

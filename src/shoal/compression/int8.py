@@ -16,6 +16,7 @@ subnormal grid. A chunk of zeros has a = 0 and decodes to exact zeros.
 
 from __future__ import annotations
 
+import threading
 from typing import TypeVar
 
 import numpy as np
@@ -29,6 +30,7 @@ from shoal.compression.codec import (
     MalformedEncodingError,
     check_shape,
     flat_float32,
+    non_finite_error,
 )
 
 DEFAULT_CHUNK_SIZE = 4096
@@ -72,6 +74,22 @@ def _blocks(flat: _A, chunk: int) -> list[tuple[int, _A]]:
     return out
 
 
+_SCRATCH = threading.local()
+_MAX_SCRATCH_VALUES = 4 * BLOCK_VALUES
+
+
+def _scratch(values: int) -> torch.Tensor:
+    """A per-thread fp32 scratch of at least ``values`` (reused: a fresh MiB costs page
+    faults on every call)."""
+    if values > _MAX_SCRATCH_VALUES:  # a huge chunk_size: do not keep that much around
+        return torch.empty(values, dtype=torch.float32)
+    buf: torch.Tensor | None = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.numel() < values:
+        buf = torch.empty(values, dtype=torch.float32)
+        _SCRATCH.buf = buf
+    return buf[:values]
+
+
 def payload_size(numel: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
     """Bytes of an int8 payload for ``numel`` values."""
     return 4 * -(-numel // chunk_size) + numel
@@ -85,9 +103,19 @@ class Int8Codec:
             raise ValueError(f"chunk_size must be in [1, {MAX_CHUNK_SIZE}], got {chunk_size}")
         self.chunk_size = chunk_size
 
-    def encode(self, tensor: torch.Tensor, out: Buffer | None = None) -> EncodedTensor:
-        """Encode ``tensor``; into ``out`` (writable, exactly the payload size) if given."""
-        flat = torch.from_numpy(flat_float32(tensor))
+    def encode(
+        self,
+        tensor: torch.Tensor,
+        out: Buffer | None = None,
+        *,
+        roundtrip: torch.Tensor | None = None,
+    ) -> EncodedTensor:
+        """Encode ``tensor``; into ``out`` (writable, exactly the payload size) if given.
+
+        ``roundtrip`` (contiguous fp32, same numel, may be ``tensor`` itself) receives
+        ``decode(result)``, bit for bit, computed while each block is still in cache.
+        """
+        flat = torch.from_numpy(flat_float32(tensor, check_finite=False))
         chunk = self.chunk_size
         n_chunks = -(-flat.numel() // chunk)
         size = payload_size(flat.numel(), chunk)
@@ -95,10 +123,13 @@ class Int8Codec:
         view = memoryview(payload)
         if view.readonly or view.nbytes != size:
             raise ValueError(f"int8 output buffer must be {size} writable bytes")
-        absmax_out = torch.from_numpy(np.frombuffer(payload, dtype=FLOAT32_LE, count=n_chunks))
-        q_out = torch.from_numpy(np.frombuffer(payload, dtype=np.int8, offset=4 * n_chunks))
+        back = None if roundtrip is None else _float_view(roundtrip, flat.numel()).numpy()
+        absmax_np = np.frombuffer(payload, dtype=FLOAT32_LE, count=n_chunks)
+        q_np = np.frombuffer(payload, dtype=np.int8, offset=4 * n_chunks)
+        absmax_out = torch.from_numpy(absmax_np)
+        q_out = torch.from_numpy(q_np)
         one = torch.ones((), dtype=torch.float32)
-        scratch = torch.empty(min(flat.numel(), max(chunk, BLOCK_VALUES)), dtype=torch.float32)
+        scratch = _scratch(min(flat.numel(), max(chunk, BLOCK_VALUES)))
         # torch ops, not numpy: vectorised, release the GIL, same bits.
         for row, rows in _blocks(flat, chunk):
             n = rows.shape[0]
@@ -111,14 +142,55 @@ class Int8Codec:
             safe = torch.where(a > 0, a, one)[:, None]
             scaled = scratch[: rows.numel()].view(rows.shape)
             torch.div(rows, safe, out=scaled)
-            scaled.mul_(QMAX).round_().clamp_(-QMAX, QMAX)  # round: half to even, as rint
-            start = row * chunk
-            q_out[start : start + rows.numel()].copy_(scaled.reshape(-1))
+            # round: half to even, as rint. No clamp: x <= a, so x / a <= 1 exactly
+            # (correct rounding of a quotient <= 1) and the codes stay in [-127, 127].
+            scaled.mul_(QMAX).round_()
+            start, stop = row * chunk, row * chunk + rows.numel()
+            q_out[start:stop].copy_(scaled.reshape(-1))
+            if back is not None:  # after the reads of rows: roundtrip may alias tensor
+                _dequantize(q_np[start:stop], absmax_np[row : row + n], back[start:stop], chunk)
+        # amax/amin/maximum propagate NaN and Inf gives an Inf scale: checking the
+        # n_chunks scales is the finite check of the whole input, for free.
+        if n_chunks and not bool(torch.isfinite(absmax_out).all()):
+            raise non_finite_error(flat)
         return EncodedTensor(self.name, tuple(tensor.shape), payload, chunk_size=chunk)
+
+    def check(self, encoded: EncodedTensor) -> None:
+        """Everything decode checks about an untrusted payload, without decoding it:
+        raises MalformedEncodingError. A payload that passes decodes to finite values
+        only (|value| <= its chunk's scale), so it needs no NaN/Inf scan afterwards."""
+        absmax, q = self._views(encoded)
+        if not (np.isfinite(absmax).all() and (absmax >= 0).all()):
+            raise MalformedEncodingError("int8 payload has a negative or non-finite scale")
+        if q.size and q.min() < -QMAX:
+            raise MalformedEncodingError("int8 payload holds -128, which the encoder never emits")
 
     def decode(self, encoded: EncodedTensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Decode (untrusted payload); into ``out`` (contiguous fp32 of the right numel)
         if given. If it raises, ``out`` may hold part of the values: discard it."""
+        self.check(encoded)
+        numel = check_shape(encoded.shape)
+        result = torch.empty(numel, dtype=torch.float32) if out is None else out
+        self.decode_range(encoded, 0, numel, result)
+        return result.reshape(encoded.shape)
+
+    def decode_range(
+        self, encoded: EncodedTensor, start: int, stop: int, out: torch.Tensor
+    ) -> None:
+        """Values ``[start, stop)`` of a payload that passed `check` into ``out``.
+        ``start`` is a multiple of the chunk size (a block of a bigger reduce)."""
+        absmax, q = self._views(encoded)
+        chunk = encoded.chunk_size
+        if not (0 <= start <= stop <= q.size) or start % chunk:
+            raise ValueError(f"bad decode range [{start}, {stop}) of {q.size} values")
+        dest = _float_view(out, stop - start).numpy()
+        c0 = start // chunk
+        _dequantize(q[start:stop], absmax[c0 : c0 - (-(stop - start) // chunk)], dest, chunk)
+
+    def _views(
+        self, encoded: EncodedTensor
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int8]]:
+        """(scales, codes) as views over the payload, after the size checks."""
         if encoded.codec != self.name:
             raise MalformedEncodingError(f"{self.name} codec got a {encoded.codec!r} payload")
         chunk = encoded.chunk_size
@@ -132,24 +204,31 @@ class Int8Codec:
                 f"int8 payload of {encoded.nbytes} bytes; {numel} values in chunks of "
                 f"{chunk} need {expected}"
             )
-        if out is not None and (
-            out.dtype != torch.float32
-            or out.device.type != "cpu"
-            or not out.is_contiguous()
-            or out.numel() != numel
-        ):
-            raise ValueError(f"decode output must be a contiguous CPU fp32 tensor of {numel}")
         # Views straight over the (possibly read-only) payload: no copy of the input.
         absmax = np.frombuffer(encoded.payload, dtype=FLOAT32_LE, count=n_chunks)
         q = np.frombuffer(encoded.payload, dtype=np.int8, offset=4 * n_chunks)
-        if not (np.isfinite(absmax).all() and (absmax >= 0).all()):
-            raise MalformedEncodingError("int8 payload has a negative or non-finite scale")
-        if numel and q.min() < -QMAX:
-            raise MalformedEncodingError("int8 payload holds -128, which the encoder never emits")
-        result = torch.empty(numel, dtype=torch.float32) if out is None else out.view(-1)
-        dest: npt.NDArray[np.float32] = result.numpy()
-        for (row, rows), (_, q_rows) in zip(_blocks(dest, chunk), _blocks(q, chunk), strict=True):
-            n = rows.shape[0]
-            np.divide(q_rows, np.float32(QMAX), out=rows, dtype=np.float32)
-            rows *= absmax[row : row + n, None]
-        return result.reshape(encoded.shape)
+        return absmax, q
+
+
+def _float_view(out: torch.Tensor, numel: int) -> torch.Tensor:
+    if (
+        out.dtype != torch.float32
+        or out.device.type != "cpu"
+        or not out.is_contiguous()
+        or out.numel() != numel
+    ):
+        raise ValueError(f"decode output must be a contiguous CPU fp32 tensor of {numel}")
+    return out.view(-1)
+
+
+def _dequantize(
+    q: npt.NDArray[np.int8],
+    absmax: npt.NDArray[np.float32],
+    out: npt.NDArray[np.float32],
+    chunk: int,
+) -> None:
+    """out = (q / 127) * scale of its chunk, in fp32: the one formula decode uses."""
+    for (row, rows), (_, q_rows) in zip(_blocks(out, chunk), _blocks(q, chunk), strict=True):
+        n = rows.shape[0]
+        np.divide(q_rows, np.float32(QMAX), out=rows, dtype=np.float32)
+        rows *= absmax[row : row + n, None]
