@@ -108,9 +108,13 @@ def test_hostile_peer_processes_are_left_out_with_reasons(
     honest = [i for i in range(n) if pos[i] < 3]
     results = _check_mean(tmp_path, n, honest, n)
     by_pos = {pos[i]: _result_peer_id(tmp_path, i) for i in range(n)}
-    why = results[0]["excluded"]
+    collector = next(r for r in results if r["position"] == 0)
+    why = collector["excluded"]  # the detailed reasons; members get the status text
     assert "signature does not verify" in why[by_pos[3]]
     assert "masked stream broke off" in why[by_pos[4]]
+    for r in (r for r in results if r["position"] != 0):
+        assert "refused" in r["excluded"][by_pos[3]]
+        assert "broke off" in r["excluded"][by_pos[4]]
 
 
 def test_shoal_train_nodes_with_secure_aggregation_end_rounds_identical(

@@ -10,7 +10,7 @@ import logging
 
 from shoal.averaging.bulk_router import BulkRouter
 from shoal.identity.keys import Identity, PeerId
-from shoal.secagg.group_driver import MessageHandler, SecAggService
+from shoal.secagg.network_session import MessageHandler, SecAggService
 from shoal.transport import Transport
 from shoal.wire.codec import Codec, Message
 from shoal.wire.contact import Contact
