@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,3 +107,19 @@ def test_non_finite_input_is_refused_by_the_free_scale_check() -> None:
         x[7777] = bad
         with pytest.raises(NonFiniteTensorError, match="1 NaN/Inf"):
             codec.encode(x)
+
+
+def test_torch_and_numpy_dequantize_agree_on_every_code() -> None:
+    """decode takes a torch path for writable payloads and numpy for read-only ones;
+    both must give the same bits (q / 127 as an IEEE fp32 division) for all 255 codes."""
+    codes = np.arange(-127, 128, dtype=np.int8)
+    scales = np.array([1.0, 3.7e-3, 1.2e30, 1e-40], dtype=np.float32)  # incl. subnormal
+    payload = scales.tobytes() + np.tile(codes, 4)[: 4 * 255].tobytes()
+    enc_ro = EncodedTensor("int8", (4 * 255,), payload, chunk_size=255)
+    enc_rw = EncodedTensor("int8", (4 * 255,), bytearray(payload), chunk_size=255)
+    codec = Int8Codec(chunk_size=255)
+    got_ro, got_rw = codec.decode(enc_ro), codec.decode(enc_rw)
+    expected = (np.divide(np.tile(codes, 4), np.float32(127), dtype=np.float32)).reshape(4, 255)
+    expected = (expected * scales[:, None]).reshape(-1)
+    assert np.array_equal(got_ro.numpy(), expected)
+    assert np.array_equal(got_rw.numpy(), expected)

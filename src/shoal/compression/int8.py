@@ -227,8 +227,18 @@ def _dequantize(
     out: npt.NDArray[np.float32],
     chunk: int,
 ) -> None:
-    """out = (q / 127) * scale of its chunk, in fp32: the one formula decode uses."""
-    for (row, rows), (_, q_rows) in zip(_blocks(out, chunk), _blocks(q, chunk), strict=True):
-        n = rows.shape[0]
-        np.divide(q_rows, np.float32(QMAX), out=rows, dtype=np.float32)
-        rows *= absmax[row : row + n, None]
+    """out = (q / 127) * scale of its chunk, in fp32: the one formula decode uses.
+
+    In torch where it can (int8 -> fp32, then an IEEE fp32 division by 127: the same
+    bits as numpy's, checked for all 255 codes by the tests; ~1.6x faster); numpy for
+    a read-only payload, which torch would not wrap without copying it.
+    """
+    if not q.flags.writeable:
+        for (row, rows), (_, q_rows) in zip(_blocks(out, chunk), _blocks(q, chunk), strict=True):
+            n = rows.shape[0]
+            np.divide(q_rows, np.float32(QMAX), out=rows, dtype=np.float32)
+            rows *= absmax[row : row + n, None]
+        return
+    out_t, q_t, a_t = torch.from_numpy(out), torch.from_numpy(q), torch.from_numpy(absmax)
+    for (row, dest), (_, codes) in zip(_blocks(out_t, chunk), _blocks(q_t, chunk), strict=True):
+        dest.copy_(codes).div_(QMAX).mul_(a_t[row : row + dest.shape[0], None])
