@@ -22,6 +22,10 @@ class Hostile(MemberRun):
             sig = bytearray(advert.signature)
             sig[0] ^= 1
             advert = dataclasses.replace(advert, signature=bytes(sig))
+        elif self.mode == "copied_key":  # one key in both slots, validly signed by us
+            advert = dataclasses.replace(advert, mask_pk=advert.enc_pk)
+            own = self.host.identity.sign(advert.signed_bytes(self.session_bytes))
+            advert = dataclasses.replace(advert, signature=own)
         elif self.mode == "other_identity":  # signed by a key that is not in the roster
             other = Identity.generate()
             forged = other.sign(advert.signed_bytes(self.session_bytes))
@@ -68,6 +72,7 @@ class Hostile(MemberRun):
 HOSTILE = {
     "forged_signature": "signature does not verify",
     "other_identity": "signature does not verify",
+    "copied_key": "reuses a public key",
     "shares_missing_one": "not every advertiser",
     "malformed_shares": "no shares within",
     "oversized_masked": "masked vector of",

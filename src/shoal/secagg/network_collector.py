@@ -132,6 +132,11 @@ class CollectorRun(SessionRun):
             self.exclude(m, STATUS_REJECTED, "key advert signature does not verify "
                          "(forged, or signed for another session or settings)")  # fmt: skip
             return
+        known = {k for a in self.core.adverts.values() for k in (a.enc_pk, a.mask_pk)}
+        if {msg.enc_pk, msg.mask_pk} & known or msg.enc_pk == msg.mask_pk:
+            # A replayed or copied key would make every client refuse the advert list.
+            self.exclude(m, STATUS_REJECTED, "key advert reuses a public key")
+            return
         try:
             self.core.on_advert(advert)
         except SecAggError as exc:

@@ -23,7 +23,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
-from shoal.averaging.allreduce import AllReduceResult
+from shoal.averaging.allreduce import AllReduceFailed, AllReduceResult
 from shoal.averaging.bulk_router import BulkRouter
 from shoal.averaging.stream_format import (
     STATUS_INCLUDED,
@@ -35,7 +35,7 @@ from shoal.compression.int8 import DEFAULT_CHUNK_SIZE, Int8Codec
 from shoal.identity.keys import Identity, PeerId
 from shoal.numerics import all_finite
 from shoal.secagg import fixed_point
-from shoal.secagg.client import SecAggClient
+from shoal.secagg.client import SecAggClient, SecAggError
 from shoal.secagg.messages import MaskedInput
 from shoal.secagg.network_messages import (
     MAX_SECAGG_GROUP,
@@ -434,6 +434,9 @@ class SessionRun:
                 prober = tg.create_task(self._probe_loop())
                 try:
                     outcome = await self.drive()
+                except SecAggError as exc:  # a core refusal we did not map: fail cleanly
+                    detail = f"secagg {self.session}: {exc}"
+                    outcome = AllReduceFailed([], {}, detail)
                 except Exception as exc:  # raised below, not wrapped in an ExceptionGroup
                     outcome = exc
                 finally:
