@@ -5,8 +5,9 @@ import random
 
 import pytest
 
-from shoal.effects import Emit, Send
+from shoal.effects import Action, Emit, Send, SetTimer
 from shoal.rounds import (
+    DhtGetRequest,
     GroupFallback,
     GroupFormed,
     Phase,
@@ -17,6 +18,7 @@ from shoal.rounds import (
     RoundGroup,
     RoundJoin,
 )
+from shoal.rounds.core import GET_RETRY_AFTER_POLLS
 from shoal.rounds.progress import Progress
 from tests.rounds.driver import World, identity
 
@@ -349,34 +351,56 @@ def test_sharded_progress_closes_on_an_estimate_and_groups_within_shards() -> No
     assert len(keys) == 4
 
 
-def test_a_late_poll_reply_that_shows_the_target_closes_the_round() -> None:
-    """A get slower than the poll interval (a dead holder's RPC timed out) is
-    superseded by the next poll; its records must still be able to close the round."""
-    from shoal.rounds import DhtGetRequest
+def _gets(acts: list[Action]) -> list[DhtGetRequest]:
+    return [a.event for a in acts if isinstance(a, Emit) and isinstance(a.event, DhtGetRequest)]
 
+
+def test_a_slow_get_is_not_asked_again_and_its_answer_counts_for_the_next_poll() -> None:
+    """A get slower than the poll interval (it waited out a dead holder's RPC timeout):
+    the next poll does not ask the DHT again, and the slow answer completes it."""
     core, _ = _solo(round_no=0, version=0)
     other = identity(1).peer_id
-
-    def gets(acts: list[object]) -> list[DhtGetRequest]:
-        return [a.event for a in acts if isinstance(a, Emit) and isinstance(a.event, DhtGetRequest)]
-
-    first = gets(list(core.on_timer(1.0, "poll")))
-    second = gets(list(core.on_timer(4.0, "poll")))  # the first get has not answered
-    assert len(first) == 1 and len(second) == 1
-    old_tag, new_tag = first[0].tag, second[0].tag
-    assert old_tag != new_tag
-    # A late reply below the target changes nothing...
+    first = _gets(core.on_timer(1.0, "poll"))
+    assert len(first) == 1
+    assert _gets(core.on_timer(4.0, "poll")) == []  # still out: not asked again
+    # The slow answer, below the target, completes the current poll: a next poll is
+    # scheduled (the adaptive one, sooner than the poll interval fallback).
     low = Progress(500, 0, False, "h:2").encode()
-    assert core.on_dht_records(4.5, old_tag, [(other, low)]) == []
+    out = core.on_dht_records(5.1, first[0].tag, [(other, low)])
+    assert [a for a in out if isinstance(a, SetTimer) and a.name == "poll"]
     assert core.phase is Phase.TRAINING and core.estimated_samples() == 500
-    # ...one at the target closes at once, with the reason "target".
+    # Answered, so the next poll asks again; at the target, its answer closes.
+    again = _gets(core.on_timer(6.0, "poll"))
+    assert len(again) == 1
     high = Progress(2500, 0, False, "h:2").encode()
-    out = core.on_dht_records(5.1, old_tag, [(other, high)])
+    out = core.on_dht_records(6.2, again[0].tag, [(other, high)])
     ev = [a.event for a in out if isinstance(a, Emit) and isinstance(a.event, RoundClosed)]
     assert [(e.reason, e.estimated_samples) for e in ev] == [("target", 2500)]
-    assert core.phase is not Phase.TRAINING
-    # The reply to the current poll, arriving after the close, closes nothing again.
-    assert not any(
-        isinstance(a, Emit) and isinstance(a.event, RoundClosed)
-        for a in core.on_dht_records(5.2, new_tag, [(other, high)])
-    )
+
+
+def test_a_get_unanswered_for_several_poll_intervals_is_asked_again() -> None:
+    core, _ = _solo(round_no=0, version=0)
+    first = _gets(core.on_timer(1.0, "poll"))
+    interval = core.config.poll_interval_s
+    t = 1.0 + interval
+    while t < 1.0 + GET_RETRY_AFTER_POLLS * interval:
+        assert _gets(core.on_timer(t, "poll")) == []
+        t += interval
+    retry = _gets(core.on_timer(t, "poll"))
+    assert len(retry) == 1 and retry[0].tag != first[0].tag
+
+
+def test_a_poll_reply_during_the_final_read_is_merged_but_the_final_read_closes() -> None:
+    core, _ = _solo(round_no=0, version=0)
+    other = identity(1).peer_id
+    first = _gets(core.on_timer(1.0, "poll"))
+    final = _gets(core.on_timer(60.0, "deadline"))  # the final read asks anew
+    assert core.phase is Phase.CLOSING and len(final) == 1 and final[0].tag != first[0].tag
+    high = Progress(2500, 0, False, "h:2").encode()
+    out = core.on_dht_records(60.5, first[0].tag, [(other, high)])
+    # merged (the final read will see it), but the close waits for the final read
+    assert core.estimated_samples() == 2500 and core.phase is Phase.CLOSING
+    assert not [a for a in out if isinstance(a, Emit)]
+    out = core.on_dht_records(60.6, final[0].tag, [])
+    ev = [a.event for a in out if isinstance(a, Emit) and isinstance(a.event, RoundClosed)]
+    assert [e.reason for e in ev] == ["deadline"]

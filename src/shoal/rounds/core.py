@@ -73,6 +73,12 @@ _ALL_TIMERS = (
 # still be averaging the previous round) up to this many, then replayed.
 MAX_EARLY_JOINS = 64
 
+# A poll does not ask again for a shard whose get is still out (a get that waits out
+# a dead holder's RPC timeout can outlast a poll interval); its answer counts for the
+# new poll. A get unanswered for this many poll intervals is taken as lost and asked
+# again.
+GET_RETRY_AFTER_POLLS = 3
+
 
 class Phase(enum.Enum):
     IDLE = "idle"  # no round started yet
@@ -110,6 +116,7 @@ class RoundCore:
         self._gen = 0
         self._pending: set[int] = set()
         self._pending_kind = ""
+        self._asked: dict[int, float] = {}  # shard -> when its outstanding poll get went out
         self._last_est: tuple[float, int] | None = None
         self._rate = 0.0
         self._last_publish: float | None = None
@@ -275,11 +282,15 @@ class RoundCore:
             self.rejections["stale dht reply"] += 1
             return []
         self._merge(round_no, shard, records)
-        if gen != self._gen or kind != self._pending_kind or shard not in self._pending:
-            # A reply that lands after the next poll began (its get waited out a dead
-            # holder's RPC timeout, which is as long as a poll interval) still counts:
-            # checking only the latest poll, a swarm whose gets outlast the interval
-            # would never see its target and close at the deadline.
+        if kind == "poll":
+            self._asked.pop(shard, None)
+        # Any poll get of a pending shard answers the current poll: a slow one was not
+        # asked again (see GET_RETRY_AFTER_POLLS). The final read wants its own gets.
+        current = gen == self._gen or kind == "poll"
+        if not current or kind != self._pending_kind or shard not in self._pending:
+            # Any other late reply (a poll's, landing during the final read) still
+            # counts toward the target: checking only the latest read, a swarm whose
+            # gets outlast the poll interval would never see its target.
             if self.phase is Phase.TRAINING and (
                 self.estimated_samples() >= self.config.target_samples
             ):
@@ -343,7 +354,13 @@ class RoundCore:
         out: list[Action] = []
         if kind == "poll":
             out.append(SetTimer(POLL_TIMER, now + self.config.poll_interval_s))
+        retry = GET_RETRY_AFTER_POLLS * self.config.poll_interval_s
         for s in sorted(self._pending):
+            if kind == "poll":
+                asked = self._asked.get(s)
+                if asked is not None and now - asked < retry:
+                    continue
+                self._asked[s] = now
             tag = f"{kind}:{self.round_no}:{self._gen}:{s}"
             out.append(Emit(DhtGetRequest(tag, self.progress_key(self.round_no, s))))
         return out
