@@ -4,6 +4,7 @@ every testnet a test creates is torn down afterwards, even when the test fails."
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.testbed import applier, kernel
+from shoal.testbed import applier, kernel, plan
 from shoal.testbed.profiles import LinkProfile, get_profile
 from shoal.testbed.state import TestnetState
 
@@ -49,23 +50,60 @@ def live() -> None:
 Factory = Callable[..., TestnetState]
 
 
+def leftover_processes(marker: str) -> list[int]:
+    """PIDs of live processes whose command line mentions ``marker`` (a test's tmp dir:
+    every trainer, chain and relay a test starts names a path under it)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmd = f.read()
+            with open(f"/proc/{entry}/stat") as f:
+                zombie = f.read().rsplit(")", 1)[1].split()[0] == "Z"
+        except OSError:
+            continue  # exited while we looked
+        if marker.encode() in cmd and not zombie:
+            out.append(int(entry))
+    return out
+
+
+def assert_nothing_left(st: TestnetState, marker: str) -> None:
+    """After ``down``: no namespace, no delay holder, no process of the test, and no
+    testbed rule in the root namespace (the testbed never writes one there)."""
+    leftover = [ns for ns in applier.list_netns() if ns.startswith(f"shoal-{st.name}-")]
+    assert not leftover, leftover
+    delayers = [h.delayer_pid for h in st.hosts if h.delayer_pid]
+    assert not [p for p in delayers if os.path.exists(f"/proc/{p}") and applier._is_delayer(p)]
+    assert leftover_processes(marker) == []
+    tables = applier.run(["nft", "list", "tables"])
+    assert plan.NFT_TABLE not in tables, tables
+    ipt = st.iptables or "iptables-legacy"
+    if shutil.which(ipt):
+        assert "NFQUEUE" not in applier.run([ipt, "-w", "-S", "INPUT"])
+
+
 @pytest.fixture
 def testnet(live: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Factory]:
     """``testnet(hosts, profile)`` builds a testnet with a name unique to this test."""
     monkeypatch.setenv("SHOAL_TESTNET_STATE_DIR", str(tmp_path / "state"))
     names: list[str] = []
+    nets: list[TestnetState] = []
 
     def make(hosts: int = 2, profile: str | LinkProfile = "wan") -> TestnetState:
         name = f"t{os.getpid() % 10000}{len(names)}"
         names.append(name)
         prof = get_profile(profile) if isinstance(profile, str) else profile
-        return applier.up(name, hosts, prof)
+        st = applier.up(name, hosts, prof)
+        nets.append(st)
+        return st
 
     yield make
     for name in names:
         applier.down(name)
-        leftover = [ns for ns in applier.list_netns() if ns.startswith(f"shoal-{name}-")]
-        assert not leftover, leftover
+    for st in nets:
+        assert_nothing_left(st, str(tmp_path))
 
 
 def run_in(st: TestnetState, host: str, *cmd: str, timeout: float = 60) -> str:

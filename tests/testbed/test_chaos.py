@@ -1,13 +1,22 @@
 """Chaos suite: 8 wan hosts (100 Mbit/s, 50 ms RTT, 1% loss on every link, so every
-scenario also runs under loss) train one model with real ``shoal train`` processes.
+scenario also runs under loss) train one model with real ``shoal train`` processes,
+with the ledger on: one dev chain (``shoal chain``) in the switch namespace that every
+host reaches, the run created and every node's key admitted before it starts.
+
+After each scenario: (a) every live peer holds the same model; (b) every live peer
+holds the same feed heads for every peer's feed, killed peers' included; (c) on-chain
+anchors only move forward, and each anchored round's model hash is what its peers
+recorded; (d) nothing is left (processes, namespaces, rules). See chaos_ledger.py.
 
 Run: ``sudo .venv/bin/pytest -m chaos tests/testbed``. Skips without root.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,11 +28,15 @@ from shoal.testbed.swarm import (
     progress_round,
     result,
 )
+from tests.testbed.chaos_ledger import ChaosChain, check_ledger
 from tests.testbed.conftest import Factory
 
-pytestmark = [pytest.mark.chaos, pytest.mark.testbed, pytest.mark.timeout(600)]
+# Generous for a loaded 2-core machine, but bounded: 8 trainers + the chain share it.
+pytestmark = [pytest.mark.chaos, pytest.mark.testbed, pytest.mark.timeout(1500)]
 
 HOSTS = [f"h{i}" for i in range(8)]
+EXIT_WAIT_S = 900  # every trainer's last round, then its bounded ledger settle (30 s)
+ROUND_WAIT_S = 400
 
 
 @pytest.fixture
@@ -35,14 +48,33 @@ def chaos(testnet: Factory, tmp_path: Path) -> Iterator[ChaosRun]:
         assert applier.workload_pids(run.net, h) == []
 
 
-def test_sigkill_half_mid_round_then_restart(chaos: ChaosRun) -> None:
+@pytest.fixture
+def chain(chaos: ChaosRun, tmp_path: Path) -> Iterator[ChaosChain]:
+    """The run's chain, with every host's first data dir admitted."""
+    c = ChaosChain.start(chaos.net.name, tmp_path / "chain")
+    try:
+        c.setup_run([chaos.config(h).data_dir for h in HOSTS])
+        yield c
+    finally:
+        chaos.close()  # the trainers first: they may be waiting on the chain
+        c.close()
+        assert applier.netns_pids(c.switch_ns) == []
+
+
+def _report(name: str, summary: dict[str, Any]) -> None:
+    print(f"chaos-ledger {name}: {json.dumps(summary)}")  # shown with -s / -rP
+
+
+def test_sigkill_half_mid_round_then_restart(chaos: ChaosRun, chain: ChaosChain) -> None:
+    # a restarted node comes back with a fresh data dir, so a new key: admit those too
+    chain.admit([chaos.config(h, life=1).data_dir for h in HOSTS[4:]])
     cfgs = chaos.start_all(HOSTS)
-    chaos.wait_round(cfgs["h0"], 2, 300)
+    chaos.wait_round(cfgs["h0"], 2, ROUND_WAIT_S)
     for h in HOSTS[4:]:
         applier.kill_host(chaos.net.name, h)
         assert chaos.procs[h].wait(timeout=10) < 0
     restarted = {h: chaos.start(h, life=1) for h in HOSTS[4:]}
-    codes = chaos.wait_exit(HOSTS, 600)
+    codes = chaos.wait_exit(HOSTS, EXIT_WAIT_S)
     assert codes == dict.fromkeys(HOSTS, 0), codes
     survivors = [result(cfgs[h]) for h in HOSTS[:4]]
     rejoined = [result(restarted[h]) for h in HOSTS[4:]]
@@ -55,19 +87,24 @@ def test_sigkill_half_mid_round_then_restart(chaos: ChaosRun) -> None:
     back = max(r["history"][0]["round"] for r in rejoined)
     assert all(len(by_round[r]) == 1 for r in range(back, chaos.rounds + 1)), by_round
     assert len({r["final_model_hash"] for r in survivors + rejoined}) == 1
+    live = {h: cfgs[h].data_dir for h in HOSTS[:4]} | {h: restarted[h].data_dir for h in HOSTS[4:]}
+    results = dict(zip(HOSTS, survivors + rejoined, strict=True))
+    dead = {h: cfgs[h].data_dir for h in HOSTS[4:]}  # the SIGKILLed first lives
+    _report("sigkill", check_ledger(chain, live, results, dead))
 
 
-def test_four_four_partition_for_rounds_then_heal(chaos: ChaosRun) -> None:
+def test_four_four_partition_for_rounds_then_heal(chaos: ChaosRun, chain: ChaosChain) -> None:
     chaos.rounds = 9
     cfgs = chaos.start_all(HOSTS)
-    chaos.wait_round(cfgs["h0"], 1, 300)
+    chaos.wait_round(cfgs["h0"], 1, ROUND_WAIT_S)
     cut_at = progress_round(cfgs["h0"])
     applier.partition(chaos.net.name, [HOSTS[:4], HOSTS[4:]])
-    # both sides keep training on their own for several rounds
-    chaos.wait_round(cfgs["h0"], cut_at + 3, 300)
-    chaos.wait_round(cfgs["h7"], cut_at + 3, 300)
+    # both sides keep training on their own for several rounds (both still reach the
+    # chain, as both halves of a real split still see a public chain)
+    chaos.wait_round(cfgs["h0"], cut_at + 3, ROUND_WAIT_S)
+    chaos.wait_round(cfgs["h7"], cut_at + 3, ROUND_WAIT_S)
     applier.heal(chaos.net.name)
-    codes = chaos.wait_exit(HOSTS, 600)
+    codes = chaos.wait_exit(HOSTS, EXIT_WAIT_S)
     assert codes == dict.fromkeys(HOSTS, 0), codes
     results = [result(cfgs[h]) for h in HOSTS]
     for r in results:
@@ -80,17 +117,21 @@ def test_four_four_partition_for_rounds_then_heal(chaos: ChaosRun) -> None:
     assert all(len(by_round[r]) >= 2 for r in cut_rounds), by_round
     assert len({r["final_model_hash"] for r in results}) == 1, by_round
     assert len(by_round[chaos.rounds]) == 1, by_round
+    summary = check_ledger(
+        chain, {h: cfgs[h].data_dir for h in HOSTS}, dict(zip(HOSTS, results, strict=True))
+    )
+    _report("partition", summary)
 
 
-def test_slow_host_and_late_joiner(chaos: ChaosRun) -> None:
+def test_slow_host_and_late_joiner(chaos: ChaosRun, chain: ChaosChain) -> None:
     """h7 has a 10x slower link (10 Mbit/s both ways) throughout; h6 joins after
     round 2. Rounds still close, the slow host keeps up, the joiner syncs and joins."""
     chaos.rounds = 6
     applier.shape(chaos.net.name, "h7", rate_mbit=10.0)
     cfgs = chaos.start_all([*HOSTS[:6], "h7"])
-    chaos.wait_round(cfgs["h0"], 2, 300)
+    chaos.wait_round(cfgs["h0"], 2, ROUND_WAIT_S)
     cfgs["h6"] = chaos.start("h6")
-    codes = chaos.wait_exit(HOSTS, 600)
+    codes = chaos.wait_exit(HOSTS, EXIT_WAIT_S)
     assert codes == dict.fromkeys(HOSTS, 0), codes
     results = {h: result(cfgs[h]) for h in HOSTS}
     for r in results.values():
@@ -106,3 +147,4 @@ def test_slow_host_and_late_joiner(chaos: ChaosRun) -> None:
     joined = results["h6"]["history"][0]["round"]
     assert all(len(by_round[r]) == 1 for r in range(joined, chaos.rounds + 1)), by_round
     assert len({r["final_model_hash"] for r in results.values()}) == 1
+    _report("slow+joiner", check_ledger(chain, {h: cfgs[h].data_dir for h in HOSTS}, results))

@@ -8,6 +8,9 @@ Per round, on the training thread:
     the new model hash, and, if we are the group's anchorer (the lowest peer id that
     contributed), queue the round's one anchor transaction on a worker thread, so
     training goes on while the chain confirms it (``stats()`` waits for the queue).
+After the last round, ``settle`` keeps gossiping heads until every live ledger peer
+has finished the run and advertises exactly our heads (bounded), so the swarm's
+final entries (each group's last aggregates) reach every peer, not just the group.
 A node whose data dir holds ``ledger/chain.json`` uses the ledger (``hook_for``);
 ``join`` refuses to train when the chain has not admitted this peer.
 """
@@ -26,11 +29,11 @@ from typing import Any
 from shoal.identity.keys import PeerId
 from shoal.ledger.backends import CHAIN_RECORD, ChainRecord, load_chain_key, rpc_web3
 from shoal.ledger.chain import ChainLedger, LedgerError
-from shoal.ledger.entry import Entry
+from shoal.ledger.entry import Entry, EntryError, Kind
 from shoal.ledger.equivocation import EquivocationProof
 from shoal.ledger.feed import FeedStore
-from shoal.ledger.gossip import FeedGossip
-from shoal.ledger.payloads import Contribution
+from shoal.ledger.gossip import FeedGossip, Heard
+from shoal.ledger.payloads import Contribution, RoundAggregate, payload_of
 from shoal.ledger.run_ledger import CommitmentRejected, RunLedger
 from shoal.runtime.background import NodeThread
 from shoal.wire.contact import Contact
@@ -45,6 +48,21 @@ COMMIT_WAIT_S = 15.0
 # Commitments usually arrive during the all-reduce; poll briefly, re-gossip slowly.
 POLL_S = 0.02
 ANNOUNCE_EVERY_S = 0.5
+# End of run: how long to wait for the live peers to hold the same feed heads as we do
+# (a peer still in its last round, or one that never answers, must not hold us forever).
+SETTLE_TIMEOUT_S = 60.0
+SETTLE_POLL_S = 0.1
+# Peers that are settling announce every ANNOUNCE_EVERY_S; give them two announcements
+# to be heard before an empty or partial "heard" set can pass as agreement.
+SETTLE_MIN_S = 2 * ANNOUNCE_EVERY_S
+# A peer that ended the run by downloading the swarm's state has no aggregate for the
+# last round; it counts as finished once it has re-announced our heads, unchanged, for
+# this long (a peer still training announces once a round, not every 0.5 s).
+SETTLE_QUIET_S = 3.0
+SETTLE_FRESH_S = 3 * ANNOUNCE_EVERY_S
+# We leave only after the swarm has agreed for this long, announcing all the while, so
+# peers that judge us by SETTLE_QUIET_S see a whole quiet streak before we go.
+SETTLE_HOLD_S = SETTLE_QUIET_S + SETTLE_FRESH_S
 
 
 class LedgerHook:
@@ -64,6 +82,7 @@ class LedgerHook:
         # in round order while the next round trains.
         self._anchorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-anchor")
         self._pending: list[Future[None]] = []
+        self.settled: dict[str, Any] | None = None
 
     @property
     def seconds(self) -> float:
@@ -176,6 +195,77 @@ class LedgerHook:
             except LedgerError as exc:
                 log.warning("equivocation proof not accepted: %s", exc)
 
+    def settle(self, final_round: int, timeout_s: float = SETTLE_TIMEOUT_S) -> bool:
+        """Gossip heads until every live peer that takes part in the ledger has ended the
+        run (``_finished``) and advertises exactly our heads, for SETTLE_HOLD_S; or until
+        ``timeout_s``. True when the swarm agreed. Call after the last round."""
+        t0 = time.monotonic()
+        deadline = t0 + timeout_s
+        next_announce = t0
+        waiting: list[PeerId] = []
+        agreed_at: float | None = None
+        done: set[PeerId] = set()  # ended the run: that does not change once seen
+        while True:
+            heard: dict[PeerId, Heard] = self.thread.call(self._heard())
+            alive = self._peers()
+            live = [c for c in alive if c.peer_id in heard]  # those that gossip feeds
+            mine = frozenset(self.gossip.core.advertise().heads)
+            now = time.monotonic()
+            done.update(
+                c.peer_id
+                for c in live
+                if c.peer_id not in done
+                and self._finished(c.peer_id, final_round, heard[c.peer_id], now)
+            )
+            waiting = [c.peer_id for c in live
+                       if heard[c.peer_id].heads != mine or c.peer_id not in done]  # fmt: skip
+            agreed_at = None if waiting else (now if agreed_at is None else agreed_at)
+            if agreed_at is not None and not live and now - t0 >= SETTLE_MIN_S:
+                break  # nobody left to agree with (we are the last)
+            if agreed_at is not None and now - agreed_at >= SETTLE_HOLD_S:
+                break
+            if now > deadline:
+                break
+            if now >= next_announce:
+                self._announce(alive)
+                next_announce = now + ANNOUNCE_EVERY_S
+            time.sleep(SETTLE_POLL_S)
+        self.settled = {
+            "converged": not waiting,
+            "settle_s": round(time.monotonic() - t0, 3),
+            "peers": len(live),
+            "waited_for": sorted(p.short() for p in waiting),
+        }
+        if waiting:
+            log.warning("feeds not settled after %.0f s; still waiting for %s", timeout_s,
+                        ", ".join(p.short() for p in waiting))  # fmt: skip
+        return not waiting
+
+    async def _heard(self) -> dict[PeerId, Heard]:
+        return dict(self.gossip.heard)  # a copy, taken on the loop that writes it
+
+    def _finished(self, peer: PeerId, final_round: int, heard: Heard, now: float) -> bool:
+        """Has ``peer`` ended the run? Its newest entry (as we hold it) closes a round:
+        the last one, or an earlier one when the peer then caught up by download and
+        has been settling (re-announcing the same heads) for SETTLE_QUIET_S."""
+        store = self.ledger.store
+        head = store.head(peer)
+        entry = None if head is None else store.get(peer, head.seq)
+        if entry is None or entry.kind != Kind.ROUND_AGGREGATE:
+            return False
+        try:
+            agg = payload_of(entry)
+        except EntryError:  # a malformed payload from its author: never "finished"
+            return False
+        if not isinstance(agg, RoundAggregate):
+            return False
+        settling = now - heard.seen <= SETTLE_FRESH_S and now - heard.since >= SETTLE_QUIET_S
+        return agg.round >= final_round or settling
+
+    def feed_heads(self) -> list[tuple[str, int, str]]:
+        """(author, seq, entry hash) of the newest entry held of each feed."""
+        return [(str(h.author), h.seq, h.hash.hex()) for h in self.ledger.store.heads()]
+
     def flush(self) -> None:
         """Wait for queued anchor transactions (and proofs) to be sent."""
         for f in list(self._pending):
@@ -195,6 +285,8 @@ class LedgerHook:
             "ledger_s": round(self.seconds, 4),
             **{k: round(v, 4) for k, v in self.timings.items()},
             "anchored_rounds": anchored,
+            "settle": self.settled,
+            "feed_heads": self.feed_heads(),
         }
 
 

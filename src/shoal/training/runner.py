@@ -126,6 +126,9 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             "sync_breakdown": {k: round(v, 3) for k, v in opt.timings.items()},
             "ledger": ledger.stats() if ledger is not None else None,
         }
+        if ledger is not None:  # the swarm's last entries reach every peer before we stop
+            ledger.settle(cfg.rounds - 1)  # (after wall_s: training time, not this wait)
+            result["ledger"] = ledger.stats()
         if cfg.result_file is not None:
             tmp = Path(str(cfg.result_file) + ".tmp")
             tmp.write_text(json.dumps(result))
