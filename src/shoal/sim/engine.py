@@ -28,6 +28,11 @@ _TIMER = 1
 # Trace lines are hashed (and written) in batches of this many: one hash update per
 # batch instead of two per event. Hashing the joined lines gives the same digest.
 _TRACE_BATCH = 4096
+# Cancelled and replaced timers stay in the heap until their time comes (every RPC
+# sets a timeout and nearly every one is cancelled by its reply). Once more than this
+# many are dead and they outnumber the live entries, the heap is rebuilt without them.
+# The (time, seq) order of what remains is unchanged, so the run is too.
+_COMPACT_MIN_DEAD = 65_536
 
 
 class SimCore(Protocol):
@@ -61,6 +66,7 @@ class Simulator:
         # encoding or ""), a timer is (name, its seq, "").
         self._heap: list[tuple[float, int, int, int, object, object, str]] = []
         self._seq = 0
+        self._dead_timers = 0  # heap entries of cancelled or replaced timers
         self._timers: list[dict[str, int]] = []
         self._trace = hashlib.sha256()
         self._trace_file = trace_file
@@ -89,6 +95,7 @@ class Simulator:
         """The host vanishes: its pending timers never fire and packets to it are lost."""
         self.network.crashed.add(index)
         self.cores[index] = None
+        self._dead_timers += len(self._timers[index])
         self._timers[index] = {}
         self._record(f"{self._t()} crash {index}")
 
@@ -132,6 +139,7 @@ class Simulator:
                 assert isinstance(a, str) and isinstance(b, int)
                 pending = timers[dst]
                 if pending.get(a) != b:
+                    self._dead_timers -= 1
                     continue  # replaced or cancelled
                 del pending[a]
                 lines.append(f"{round(t * 1e6)} timer {dst} {a}")
@@ -174,13 +182,29 @@ class Simulator:
     def _set_timer(self, index: int, name: str, at: float | None) -> None:
         timers = self._timers[index]
         if at is None:
-            timers.pop(name, None)
+            if timers.pop(name, None) is not None:
+                self._dead_timers += 1
             return
         self._seq += 1
+        if name in timers:
+            self._dead_timers += 1
         timers[name] = self._seq
         heapq.heappush(
             self._heap, (max(at, self.now), self._seq, _TIMER, index, name, self._seq, "")
         )
+        if self._dead_timers > _COMPACT_MIN_DEAD and 2 * self._dead_timers > len(self._heap):
+            self._compact()
+
+    def _compact(self) -> None:
+        timers = self._timers
+        # In place: run_until holds a reference to this list.
+        self._heap[:] = [
+            e
+            for e in self._heap
+            if e[2] == _MSG or timers[e[3]].get(e[4]) == e[5]  # type: ignore[call-overload]
+        ]
+        heapq.heapify(self._heap)
+        self._dead_timers = 0
 
     def _t(self) -> str:
         return f"{round(self.now * 1e6)}"
