@@ -3,6 +3,7 @@ dropouts, hostile members and collectors, privacy of what the collector receives
 
 from __future__ import annotations
 
+import asyncio
 import os
 
 import pytest
@@ -102,6 +103,25 @@ class CrashAfterShares(MemberRun):
     async def after_shares(self) -> None:
         await self.host.transport.aclose()
         raise Crashed
+
+
+class LateCollector(CollectorRun):
+    """Opens its session 1.5 s after the members sent their first adverts."""
+
+    async def run(self) -> AllReduceResult:
+        await asyncio.sleep(1.5)
+        return await super().run()
+
+
+def test_collector_opening_late_still_gets_every_advert() -> None:
+    xs, ws = inputs(4, K, seed=8), [1.0] * 4
+
+    async def main() -> list[AllReduceResult | BaseException]:
+        return await group_average(await hosts(4), xs, ws, collector=LateCollector)
+
+    rs = ok(run(main()), [0, 1, 2, 3])
+    assert_identical(rs)
+    assert len(rs[0].contributors) == 4 and not rs[0].excluded
 
 
 def test_member_dying_after_its_shares_is_recovered() -> None:
