@@ -17,6 +17,7 @@ import torch
 
 from shoal.secagg.group_driver import DEFAULT_CLIP, frac_bits_for
 from shoal.training.demo import DemoConfig, node_config, start_node, wait_contact
+from tests.process_helpers import wait_round
 from tests.secagg.net_helpers import inputs, weighted_mean
 
 pytestmark = pytest.mark.slow
@@ -143,3 +144,31 @@ def test_shoal_train_nodes_with_secure_aggregation_end_rounds_identical(
     # every round went through SecAgg: its collector logs the sum it unmasked
     assert sum(log.count("summed 3 of 3 masked inputs") for log in logs) == 3
     assert "secure_aggregation = true" in (cfgs[0].data_dir / "run.toml").read_text()
+
+
+def test_shoal_train_with_secagg_survives_a_sigkilled_node(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    demo = DemoConfig(nodes=4, rounds=5, inner_steps=8, out=tmp_path, deadline_s=8)
+    cfgs = [node_config(demo, 0, [])]
+    cfgs[0].secure_aggregation = True
+    procs.append(start_node(cfgs[0]))
+    boot = wait_contact(cfgs[0].data_dir, procs[0])
+    for i in range(1, 4):
+        cfgs.append(node_config(demo, i, [boot]))
+        cfgs[i].secure_aggregation = True
+        procs.append(start_node(cfgs[i]))
+    wait_round(cfgs[3], 2, 240)
+    os.kill(procs[3].pid, signal.SIGKILL)  # by its own PID
+    procs[3].wait(timeout=10)
+    for c, p in zip(cfgs[:3], procs[:3], strict=True):
+        assert p.wait(timeout=400) == 0, (c.data_dir / "node.log").read_text()[-3000:]
+    results = [json.loads(c.result_file.read_text()) for c in cfgs[:3]]  # type: ignore[union-attr]
+    assert all(r["rounds"] == 5 for r in results)
+    by_round: dict[int, set[str]] = {}
+    for r in results:
+        for h in r["history"]:
+            by_round.setdefault(h["round"], set()).add(h["model_hash"])
+    assert all(len(by_round[r]) == 1 for r in range(1, 6)), by_round
+    last = next(h for h in results[0]["history"] if h["round"] == 5)
+    assert last["group_size"] == 3  # later rounds formed without the dead node
