@@ -77,6 +77,11 @@ class RunLedger:
                 return
         self.store.append(self.identity, JoinedRun(self.run))
 
+    def admitted_within(self, peer: PeerId, seconds: float) -> bool:
+        """Did the chain say ``peer`` was admitted less than ``seconds`` ago?"""
+        seen = self._admitted.get(peer)
+        return seen is not None and time.monotonic() - seen < seconds
+
     def is_admitted(self, peer: PeerId) -> bool:
         if self.chain is None:
             return True

@@ -34,7 +34,7 @@ from shoal.ledger.equivocation import EquivocationProof
 from shoal.ledger.feed import FeedStore
 from shoal.ledger.gossip import FeedGossip, Heard
 from shoal.ledger.payloads import Contribution, RoundAggregate, payload_of
-from shoal.ledger.run_ledger import CommitmentRejected, RunLedger
+from shoal.ledger.run_ledger import ADMISSION_CACHE_S, CommitmentRejected, RunLedger
 from shoal.runtime.background import NodeThread
 from shoal.wire.contact import Contact
 
@@ -48,6 +48,12 @@ COMMIT_WAIT_S = 15.0
 # Commitments usually arrive during the all-reduce; poll briefly, re-gossip slowly.
 POLL_S = 0.02
 ANNOUNCE_EVERY_S = 0.5
+# A peer the chain admitted less than this long ago is admitted at once while its
+# admission is re-read in the background (only a peer checked more than
+# ADMISSION_CACHE_S ago is re-read): the averager asks about every group member each
+# round, and a JSON-RPC read per member (~0.2 s each on the wan testbed) would hold up
+# the round. A ban still takes effect within ADMISSION_CACHE_S plus one re-read.
+ADMISSION_STALE_S = 600.0
 # End of run: how long to wait for the live peers to hold the same feed heads as we do
 # (a peer still in its last round, or one that never answers, must not hold us forever).
 SETTLE_TIMEOUT_S = 60.0
@@ -83,6 +89,9 @@ class LedgerHook:
         self._anchorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-anchor")
         self._pending: list[Future[None]] = []
         self.settled: dict[str, Any] | None = None
+        # Admission re-reads, off the round's path; at most one queued per peer.
+        self._rechecker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-admit")
+        self._rechecking: set[PeerId] = set()
 
     @property
     def seconds(self) -> float:
@@ -101,11 +110,36 @@ class LedgerHook:
 
     def admits(self, peer: PeerId) -> bool:
         """Is ``peer`` admitted on-chain (cached)? The averager refuses it otherwise."""
+        lg = self.ledger
+        if not lg.admitted_within(peer, ADMISSION_CACHE_S) and lg.admitted_within(
+            peer, ADMISSION_STALE_S
+        ):
+            self._recheck(peer)  # known good: answer now, re-read off the round's path
+            return True
+        return self._check(peer)
+
+    def _check(self, peer: PeerId) -> bool:
         try:
             return self.ledger.is_admitted(peer)
         except LedgerError as exc:  # chain unreachable: do not drop honest peers for it
             log.warning("admission check for %s failed: %s", peer.short(), exc)
             return True
+
+    def _recheck(self, peer: PeerId) -> None:
+        with self._lock:
+            if peer in self._rechecking:
+                return
+            self._rechecking.add(peer)
+
+        def run() -> None:
+            try:
+                if not self._check(peer):
+                    log.warning("%s is no longer admitted on-chain", peer.short())
+            finally:
+                with self._lock:
+                    self._rechecking.discard(peer)
+
+        self._rechecker.submit(run)
 
     def _peers(self) -> list[Contact]:
         return [
@@ -275,6 +309,7 @@ class LedgerHook:
     def close(self) -> None:
         self.flush()
         self._anchorer.shutdown(wait=True)
+        self._rechecker.shutdown(wait=True)
         self.ledger.store.close()
 
     def stats(self) -> dict[str, Any]:
