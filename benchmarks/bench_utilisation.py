@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import sys
@@ -104,6 +105,7 @@ def measure(
     run = ChaosRun(net, run_dir, rounds=rounds, inner_steps=inner_steps,
                    deadline_s=120.0, model_kwargs={}, batch_size=16, block_size=64,
                    overlap=overlap)  # fmt: skip
+    load_before = os.getloadavg()[0]
     try:
         cfgs = run.start_all(HOSTS)
         codes = run.wait_exit(HOSTS, RUN_TIMEOUT_S)
@@ -113,9 +115,13 @@ def measure(
     finally:
         run.close()
         applier.down(NAME)
-    return summarise(
+    out_stats = summarise(
         results, rounds, inner_steps, _last_losses(cfgs[h].progress_file for h in HOSTS)
     )
+    # the machine's 1-minute load around this swarm: other work on the same cores
+    # slows inner steps, which shows in steps/s and flatters utilisation
+    out_stats["loadavg_1m_before_after"] = [round(load_before, 1), round(os.getloadavg()[0], 1)]
+    return out_stats
 
 
 def _phase_medians(history: list[dict[str, Any]]) -> dict[str, float]:

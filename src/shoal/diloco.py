@@ -53,8 +53,8 @@ from shoal.wire.contact import Contact
 
 log = logging.getLogger(__name__)
 
-# Inner steps between progress updates to the swarm (each is a DHT put at most every
-# publish interval, so this only bounds the cross-thread calls).
+# Inner steps between progress updates to the swarm without overlap (each is a DHT put
+# at most every publish interval, so this only bounds the cross-thread calls).
 PROGRESS_EVERY = 5
 # A joiner waits at most this long for the swarm's current round to end.
 JOIN_WAIT_S = 180.0
@@ -217,7 +217,9 @@ class DiLoCo:
             self._raise_if_pending_failed()
         elif self.round_steps >= self.inner_steps:
             return self.sync()
-        if self.round_steps % PROGRESS_EVERY == 0:
+        # With overlap every peer is mid-round at the close, and its group weight is
+        # the samples it had reported by then: report each step so it lags by <= 1.
+        if self.overlap or self.round_steps % PROGRESS_EVERY == 0:
             # a callback on the node's loop, not a task: nothing to wait for or leak
             self.node_thread.call_soon(
                 self._averager.report, self.compute_round, self.round_samples
