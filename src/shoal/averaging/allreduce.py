@@ -376,7 +376,9 @@ class AllReduce:
             if entry is not None and not self._resolved(m) and not self._reduced:
                 self._arrived[m] = entry
                 self.bytes_received += len(entry[0])
-                if self._tg is not None:
+                if self._tg is not None and self._aggregator is not None:
+                    # A rule needs whole, checked vectors: decode as each lands. The
+                    # weighted mean checks its inputs inside the reduce instead.
                     k = self._shard_len(self._idx)
                     work = self._in_thread(self._check_contribution_sync, entry[0], k)
                     self._checks[m] = self._tg.create_task(work)
@@ -559,19 +561,21 @@ class AllReduce:
         enc = EncodedTensor("int8", (values,), payload, chunk_size=DEFAULT_CHUNK_SIZE)
         self._int8.decode(enc, out=out)
 
-    def _check_contribution_sync(self, buf: bytearray, k: int) -> Checked:
+    def _check_contribution_sync(self, buf: bytearray, k: int, *, scan: bool = True) -> Checked:
         """Validate one contribution (worker thread): (value, 0, "") or (None, status,
-        reason). fp32 values are a view of ``buf``. An int8 payload is only checked
-        here and decoded a block at a time inside the reduce (no shard-sized fp32 copy);
-        a robust aggregator needs whole vectors, so for it the payload is decoded into a
-        pooled buffer, recycled with the rest when the all-reduce ends. Neither needs a
-        NaN/Inf scan: a payload whose scales are finite and >= 0 and whose codes are in
-        [-127, 127] decodes to |value| <= its chunk's scale."""
+        reason). fp32 values are a view of ``buf``; ``scan=False`` skips their NaN/Inf
+        scan (the weighted mean checks its result instead, see `_reduce_sync`). An int8
+        payload is only checked and is decoded a block at a time inside the mean (no
+        shard-sized fp32 copy); a robust aggregator needs whole vectors, so for it the
+        payload is decoded into a pooled buffer, recycled when the all-reduce ends.
+        int8 needs no NaN/Inf scan: a payload whose scales are finite and >= 0 and whose
+        codes are in [-127, 127] decodes to |value| <= its chunk's scale."""
         x: Contribution
         try:
             if self._codec == "none" or k == 0:
                 x = torch.frombuffer(buf, dtype=torch.float32, count=k) if k else torch.empty(0)
-                validate_update(x, k, self._version, self._version)  # the NaN/Inf scan
+                if scan:
+                    validate_update(x, k, self._version, self._version)
             elif self._aggregator is None:
                 x = EncodedTensor("int8", (k,), buf, chunk_size=DEFAULT_CHUNK_SIZE)
                 self._int8.check(x)
@@ -585,6 +589,31 @@ class AllReduce:
             return None, STATUS_MALFORMED, f"{type(exc).__name__}: {exc}"
         return x, 0, ""
 
+    def _weighted_mean(self, acc: torch.Tensor, parts: list[tuple[Contribution, float]]) -> float:
+        """acc = sum_i x_i * fp32(w_i / W) in the order given; returns W.
+
+        w / W in float64, one rounding to fp32: as diloco_math.weighted_average, and
+        like it a separate mul and add per member (no FMA). Done a cache-sized block at
+        a time: the same bits, without a shard-sized scratch; an int8 payload is
+        decoded into the block scratch right there.
+        """
+        total = sum(w for _, w in parts)
+        k = acc.numel()
+        scales = [torch.tensor(w / total, dtype=torch.float32) for _, w in parts]
+        tmp = torch.empty(min(k, REDUCE_BLOCK_VALUES), dtype=torch.float32)
+        for b0 in range(0, k, REDUCE_BLOCK_VALUES):
+            b1 = min(k, b0 + REDUCE_BLOCK_VALUES)
+            block, t = acc[b0:b1], tmp[: b1 - b0]
+            block.zero_()
+            for (x, _), scale in zip(parts, scales, strict=True):
+                if isinstance(x, torch.Tensor):
+                    torch.mul(x[b0:b1], scale, out=t)
+                else:
+                    self._int8.decode_range(x, b0, b1, t)
+                    t.mul_(scale)
+                block.add_(t)
+        return total
+
     def _reduce_sync(
         self,
         arrived: dict[int, tuple[bytearray, float]],
@@ -592,53 +621,55 @@ class AllReduce:
         global_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[list[tuple[int, int, str]], list[float], float]:
         """Average our shard into ``self._out`` (worker thread). Returns the members
-        rejected while decoding, the weight used per member, and the divisor."""
+        rejected while checking, the weight used per member, and the divisor."""
         lo, hi = self._bounds[self._idx]
         k = hi - lo
-        parts: list[tuple[Contribution, float]] = []
-        by_member: list[torch.Tensor | None] = [None] * self._n
+        robust = self._aggregator is not None and global_sum is not None
+        values: dict[int, tuple[Contribution, float]] = {}
         rejected: list[tuple[int, int, str]] = []
-        weights = [0.0] * self._n
         for m in range(self._n):  # group order = peer-id order: a fixed summation order
-            x: Contribution
             if m == self._idx:
-                x, w = self._flat[lo:hi], self._weight
+                values[m] = (self._flat[lo:hi], self._weight)  # checked finite at the start
             elif m in arrived:
                 buf, w = arrived[m]
-                got, status, reason = checked.get(m) or self._check_contribution_sync(buf, k)
-                if got is None:
-                    rejected.append((m, status, reason))
-                    continue
-                x = got
-            else:
-                continue
-            parts.append((x, w))
-            if isinstance(x, torch.Tensor):  # always, with an aggregator (see the check)
-                by_member[m] = x
-            weights[m] = w
-        total = sum(w for _, w in parts)
+                got = checked.get(m) or self._check_contribution_sync(buf, k, scan=robust)
+                if got[0] is None:
+                    rejected.append((m, got[1], got[2]))
+                else:
+                    values[m] = (got[0], w)
         acc = self._out[lo:hi]
         if self._aggregator is not None and global_sum is not None:
+            by_member: list[torch.Tensor | None] = [None] * self._n
+            weights = [0.0] * self._n
+            for m, (x, w) in values.items():
+                assert isinstance(x, torch.Tensor)  # decoded for the rule by the check
+                by_member[m], weights[m] = x, w
             acc.copy_(self._aggregator.aggregate(by_member, weights, global_sum))
+            total = sum(weights)
+            del by_member
         else:
-            # w / total in float64, one rounding to fp32: as diloco_math.weighted_average,
-            # and like it a separate mul and add per member (no FMA), in group order. Done
-            # a cache-sized block at a time: the same bits, without a shard-sized scratch;
-            # an int8 payload is decoded into the block scratch right there.
-            scales = [torch.tensor(w / total, dtype=torch.float32) for _, w in parts]
-            tmp = torch.empty(min(k, REDUCE_BLOCK_VALUES), dtype=torch.float32)
-            for b0 in range(0, k, REDUCE_BLOCK_VALUES):
-                b1 = min(k, b0 + REDUCE_BLOCK_VALUES)
-                block, t = acc[b0:b1], tmp[: b1 - b0]
-                block.zero_()
-                for (x, _), scale in zip(parts, scales, strict=True):
-                    if isinstance(x, torch.Tensor):
-                        torch.mul(x[b0:b1], scale, out=t)
-                    else:
-                        self._int8.decode_range(x, b0, b1, t)
-                        t.mul_(scale)
-                    block.add_(t)
-        del parts, by_member
+            total = self._weighted_mean(acc, list(values.values()))
+            if not all_finite(acc):
+                # A NaN/Inf anywhere makes the mean non-finite (every scale is > 0 or
+                # gives NaN), so the fp32 contributions' NaN/Inf scans wait until here:
+                # only now, rarely, find the culprits and average again without them.
+                bad = [
+                    m
+                    for m, (x, _) in values.items()
+                    if m != self._idx and isinstance(x, torch.Tensor) and not all_finite(x)
+                ]
+                for m in bad:
+                    x = values.pop(m)[0]
+                    assert isinstance(x, torch.Tensor)
+                    n_bad = int((~torch.isfinite(x)).sum())
+                    reason = f"NonFiniteUpdateError: update holds {n_bad} NaN/Inf value(s)"
+                    rejected.append((m, STATUS_NON_FINITE, reason))
+                if bad:
+                    total = self._weighted_mean(acc, list(values.values()))
+            weights = [0.0] * self._n
+            for m, (_, w) in values.items():
+                weights[m] = w
+        del values
         if not all_finite(acc):
             raise CompressionError("averaged shard overflowed fp32")
         if self._codec == "none":
