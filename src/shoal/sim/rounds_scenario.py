@@ -163,6 +163,7 @@ class RoundsScenario:
         self.data_bytes = [0.0] * cfg.nodes
         self.fallbacks = 0
         self.reforms = 0
+        self.join_wall_s = 0.0
 
     def is_dead(self, pid: PeerId) -> bool:
         return pid in self._dead_ids
@@ -232,6 +233,7 @@ class RoundsScenario:
             if i % 100 == 0:
                 self.progress("joining", i, n)
         sim.run_until(sim.now + cfg.settle_s)
+        self.join_wall_s = time.perf_counter() - t_wall
 
         # rounds
         sim.counting = True
@@ -328,6 +330,8 @@ class RoundsScenario:
             "round_config": {k: v for k, v in asdict(self.round_cfg).items() if k != "group_seed"},
             "trace_sha256": sim.trace_sha256,
             "wall_s": round(time.perf_counter() - t_wall, 2),
+            "join_wall_s": round(self.join_wall_s, 2),
+            "messages_delivered": sim.delivered,
             "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         }
 
