@@ -5,7 +5,8 @@ One round, as this peer sees it:
 1. ``start_round``: publish progress ``[samples, model_version, ready, addr]`` under
    the round's DHT key (its shard of it), and poll the progress of the others.
 2. Close: when the swarm's announced samples reach ``target_samples`` (checked after
-   each poll), at this peer's deadline (after one last poll), or as soon as a peer's
+   each poll and on any late reply; a poll does not re-ask a shard whose get is still
+   out), at this peer's deadline (after one last poll), or as soon as a peer's
    ``round.join`` or its leader's ``round.close`` shows that the round closed for it.
    A slow peer closes with the samples it has; a dead one never stalls anybody.
 3. Group: the participants (announced peers of this peer's shard, with the same model
