@@ -69,7 +69,7 @@ def main() -> None:
     hdr = (
         f"{'nodes':>6} {'done':>5} {'grp':>5} {'round_s':>8} {'grp_ar_s':>8} {'ring_s':>8} "
         f"{'data_MB':>8} {'ring_MB':>8} {'ctrl_KB':>8} {'swim_KB':>8} {'wall_s':>7} "
-        f"{'join_s':>7} {'rss_MiB':>7}  closes target/peer/deadline"
+        f"{'cpu_s':>7} {'join_s':>7} {'rss_MiB':>7}  closes target/peer/deadline"
     )
     print(hdr)
     for r in rows:
@@ -82,7 +82,7 @@ def main() -> None:
             f"{r['ring_baseline_bytes_per_peer'] / 1e6:>8.1f} "
             f"{r['control_bytes_per_peer_per_round'] / 1e3:>8.1f} "
             f"{r['swim_bytes_per_peer_per_round'] / 1e3:>8.1f} "
-            f"{r['wall_s']:>7} {r['join_wall_s']:>7} {r['peak_rss_mib']:>7}  "
+            f"{r['wall_s']:>7} {r['cpu_s']:>7} {r['join_wall_s']:>7} {r['peak_rss_mib']:>7}  "
             f"{closes.get('target', 0)}/{closes.get('peer_closed', 0)}/{closes.get('deadline', 0)}"
         )
 

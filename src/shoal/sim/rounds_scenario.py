@@ -164,6 +164,7 @@ class RoundsScenario:
         self.fallbacks = 0
         self.reforms = 0
         self.join_wall_s = 0.0
+        self.cpu0 = 0.0
 
     def is_dead(self, pid: PeerId) -> bool:
         return pid in self._dead_ids
@@ -201,6 +202,8 @@ class RoundsScenario:
     def _run(self) -> dict[str, Any]:
         cfg, sim = self.cfg, self.sim
         t_wall = time.perf_counter()
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.cpu0 = usage.ru_utime + usage.ru_stime
         n = cfg.nodes
         dht_cfg = DhtConfig()
         swim_cfg = SwimConfig(max_members=cfg.swim_view)
@@ -260,6 +263,7 @@ class RoundsScenario:
 
     def _report(self, live: list[int], t_wall: float, t0: float) -> dict[str, Any]:
         cfg, sim = self.cfg, self.sim
+        usage = resource.getrusage(resource.RUSAGE_SELF)
         n_live = len(live)
         rounds_completed = sum(
             1 for r in range(cfg.rounds) if all((i, r) in self.done for i in live)
@@ -332,7 +336,9 @@ class RoundsScenario:
             "wall_s": round(time.perf_counter() - t_wall, 2),
             "join_wall_s": round(self.join_wall_s, 2),
             "messages_delivered": sim.delivered,
-            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
+            # CPU seconds of this process: on a busy machine wall time says little.
+            "cpu_s": round(usage.ru_utime + usage.ru_stime - self.cpu0, 1),
         }
 
 
