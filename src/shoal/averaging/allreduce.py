@@ -238,6 +238,11 @@ class AllReduce:
         # the other transfers instead of queueing behind the reduce.
         self._tg: asyncio.TaskGroup | None = None
         self._checks: dict[int, asyncio.Task[Checked]] = {}  # contribution decodes
+        # Early scaling (weighted mean): the weights it assumes, and x_m * w_m / W per
+        # contribution, computed as each lands (see _maybe_prescale).
+        self._spec: list[float] | None = None
+        self._spec_broken = False
+        self._prescaled: dict[int, asyncio.Task[torch.Tensor | None]] = {}
         self._result_decodes: dict[int, asyncio.Task[None]] = {}
         self._headers: dict[int, ResultHeader] = {}
         self._bad_owner: dict[int, str] = {}
@@ -276,6 +281,9 @@ class AllReduce:
         self._excluded[m] = (status, reason)
         self._incoming.pop(m, None)
         log.warning("all-reduce %s: excluding %s: %s", self._session, self._who(m), reason)
+        if self._spec is not None:
+            self._spec_broken = True  # W changed: the reduce scales from scratch
+        self._maybe_prescale()
         self._changed.set()
 
     def _mark_dead(self, m: int, reason: str) -> None:
@@ -339,6 +347,7 @@ class AllReduce:
             return None
         buf = POOL.take(size)  # stale bytes: the stream overwrites all before delivery
         self._incoming[m] = (buf, t.weight)
+        self._maybe_prescale()
         return memoryview(buf)
 
     def _accept_result(self, m: int, t: ResultTag, size: int) -> memoryview | None:
@@ -378,10 +387,11 @@ class AllReduce:
                 self.bytes_received += len(entry[0])
                 if self._tg is not None and self._aggregator is not None:
                     # A rule needs whole, checked vectors: decode as each lands. The
-                    # weighted mean checks its inputs inside the reduce instead.
+                    # weighted mean checks and scales each in _maybe_prescale instead.
                     k = self._shard_len(self._idx)
                     work = self._in_thread(self._check_contribution_sync, entry[0], k)
                     self._checks[m] = self._tg.create_task(work)
+                self._maybe_prescale()
             elif entry is not None:
                 self._recycle.append(entry[0])  # too late to count; its stream is over
         elif tag.startswith("r/"):
@@ -589,6 +599,86 @@ class AllReduce:
             return None, STATUS_MALFORMED, f"{type(exc).__name__}: {exc}"
         return x, 0, ""
 
+    def _maybe_prescale(self) -> None:
+        """Early scaling, weighted mean only. Once every member's contribution is
+        accepted (its weight is in its tag) or excluded, W is known; from then on each
+        contribution is multiplied by fp32(w / W) as soon as it lands, in a worker,
+        while the other streams still run, so the reduce itself only adds. If W changes
+        afterwards (a member excluded, a contribution found bad) the reduce ignores
+        these products and scales from the raw buffers, as it would have anyway."""
+        if self._reduced or self._aggregator is not None or self._tg is None:
+            return
+        if self._spec_broken:
+            return
+        if self._spec is None:
+            for m in range(self._n):
+                if not (m == self._idx or m in self._incoming or self._resolved(m)):
+                    return
+            spec = [0.0] * self._n
+            spec[self._idx] = self._weight
+            for m, (_, w) in itertools.chain(self._incoming.items(), self._arrived.items()):
+                spec[m] = w
+            self._spec = spec
+        for m, (buf, _) in self._arrived.items():
+            if m not in self._prescaled:
+                work = self._in_thread(self._prescale_sync, self._spec, m, buf)
+                self._prescaled[m] = self._tg.create_task(work)
+
+    def _prescale_sync(self, spec: list[float], m: int, buf: bytearray) -> torch.Tensor | None:
+        """x_m * fp32(w_m / W) into a pooled buffer (worker thread), exactly what
+        `_weighted_mean` computes for m; None if the contribution does not check out
+        (the reduce then rejects it and scales from scratch)."""
+        k = self._shard_len(self._idx)
+        x = self._check_contribution_sync(buf, k, scan=False)[0]
+        if x is None:
+            return None
+        total = sum(w for w in spec if w > 0)  # group order, as _weighted_mean sums
+        scale = torch.tensor(spec[m] / total, dtype=torch.float32)
+        p, floats = POOL.take_floats(k)
+        self._recycle.append(floats)
+        for b0 in range(0, k, REDUCE_BLOCK_VALUES):
+            b1 = min(k, b0 + REDUCE_BLOCK_VALUES)
+            if isinstance(x, torch.Tensor):
+                torch.mul(x[b0:b1], scale, out=p[b0:b1])
+            else:
+                self._int8.decode_range(x, b0, b1, p[b0:b1])
+                p[b0:b1].mul_(scale)
+        return p
+
+    def _prescaled_mean(
+        self,
+        acc: torch.Tensor,
+        arrived: dict[int, tuple[bytearray, float]],
+        scaled: dict[int, torch.Tensor],
+    ) -> float | None:
+        """The weighted mean from the early products: the same operations in the same
+        order as `_weighted_mean`, so the same bits. None if they do not apply."""
+        spec = self._spec
+        if spec is None or self._spec_broken or set(scaled) != set(arrived):
+            return None
+        if {m for m in range(self._n) if spec[m] > 0} != {*arrived, self._idx}:
+            return None
+        if any(spec[m] != w for m, (_, w) in arrived.items()):
+            return None
+        total = sum(w for w in spec if w > 0)
+        lo, hi = self._bounds[self._idx]
+        own = self._flat[lo:hi]
+        own_scale = torch.tensor(self._weight / total, dtype=torch.float32)
+        k = acc.numel()
+        tmp = torch.empty(min(k, REDUCE_BLOCK_VALUES), dtype=torch.float32)
+        for b0 in range(0, k, REDUCE_BLOCK_VALUES):
+            b1 = min(k, b0 + REDUCE_BLOCK_VALUES)
+            block = acc[b0:b1]
+            block.zero_()
+            for m in range(self._n):
+                if m == self._idx:
+                    t = tmp[: b1 - b0]
+                    torch.mul(own[b0:b1], own_scale, out=t)
+                    block.add_(t)
+                elif m in scaled:
+                    block.add_(scaled[m][b0:b1])
+        return total
+
     def _weighted_mean(self, acc: torch.Tensor, parts: list[tuple[Contribution, float]]) -> float:
         """acc = sum_i x_i * fp32(w_i / W) in the order given; returns W.
 
@@ -619,11 +709,19 @@ class AllReduce:
         arrived: dict[int, tuple[bytearray, float]],
         checked: dict[int, Checked],
         global_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        scaled: dict[int, torch.Tensor] | None = None,
     ) -> tuple[list[tuple[int, int, str]], list[float], float]:
         """Average our shard into ``self._out`` (worker thread). Returns the members
         rejected while checking, the weight used per member, and the divisor."""
         lo, hi = self._bounds[self._idx]
         k = hi - lo
+        acc = self._out[lo:hi]
+        fast = None if scaled is None else self._prescaled_mean(acc, arrived, scaled)
+        if fast is not None and all_finite(acc):
+            assert self._spec is not None
+            self._finish_shard(acc)
+            return [], list(self._spec), fast
+        # Otherwise (a robust rule, W changed, or a NaN/Inf somewhere): from the buffers.
         robust = self._aggregator is not None and global_sum is not None
         values: dict[int, tuple[Contribution, float]] = {}
         rejected: list[tuple[int, int, str]] = []
@@ -637,7 +735,6 @@ class AllReduce:
                     rejected.append((m, got[1], got[2]))
                 else:
                     values[m] = (got[0], w)
-        acc = self._out[lo:hi]
         if self._aggregator is not None and global_sum is not None:
             by_member: list[torch.Tensor | None] = [None] * self._n
             weights = [0.0] * self._n
@@ -672,6 +769,12 @@ class AllReduce:
         del values
         if not all_finite(acc):
             raise CompressionError("averaged shard overflowed fp32")
+        self._finish_shard(acc)
+        return rejected, weights, total
+
+    def _finish_shard(self, acc: torch.Tensor) -> None:
+        """What our result streams send: the averaged shard (encoded for int8)."""
+        k = acc.numel()
         if self._codec == "none":
             self._shard_payload = [acc.numpy().data] if k else []
         else:
@@ -680,13 +783,14 @@ class AllReduce:
             # The owner keeps what it sends: acc becomes decode(payload), bit for bit.
             self._int8.encode(acc, out=payload, roundtrip=acc)
             self._shard_payload = [payload]
-        return rejected, weights, total
 
     async def _reduce(self) -> float:
         self._reduced = True  # from here on, accept() refuses contributions
         arrived, self._arrived = self._arrived, {}
         checks, self._checks = self._checks, {}
         checked = {m: await t for m, t in checks.items() if m in arrived}
+        early, self._prescaled = self._prescaled, {}
+        scaled = {m: p for m, t in early.items() if m in arrived and (p := await t) is not None}
         loop = asyncio.get_running_loop()
 
         def global_sum(stats: torch.Tensor) -> torch.Tensor:
@@ -702,11 +806,11 @@ class AllReduce:
                     rejected, weights, total = await loop.run_in_executor(pool, work)
             else:
                 rejected, weights, total = await self._in_thread(
-                    self._reduce_sync, arrived, checked, global_sum
+                    self._reduce_sync, arrived, checked, global_sum, scaled
                 )
         finally:
             self._recycle.extend(buf for buf, _ in arrived.values())
-        del arrived, checked
+        del arrived, checked, scaled
         for m, status, reason in rejected:
             self._excluded[m] = (status, reason)
             log.warning("all-reduce %s: excluding %s: %s", self._session, self._who(m), reason)
