@@ -18,7 +18,9 @@ untimed warm-up of each:
 
 Before each timed call all processes meet at a gloo barrier; each times its own call,
 and a repeat's time is the slowest process's. Reported: median seconds, algorithm
-bandwidth (vector bytes / time, MB = 10^6 bytes) and shoal/gloo bandwidth ratio.
+bandwidth (vector bytes / time, MB = 10^6 bytes), shoal/gloo bandwidth ratio, and the
+median CPU time (user + system, all threads) of one call summed over the processes:
+on a loaded machine the wall time follows the CPU a call needs.
 Correctness is checked too: shoal's result must match gloo's within fp32 tolerance
 and be bit-identical across processes.
 """
@@ -87,13 +89,14 @@ def worker(rank: int, args: dict[str, Any], pipe: Pipe) -> None:
     x = torch.randn(numel, generator=torch.Generator().manual_seed(1000 + rank))
     out = torch.zeros_like(x)  # shoal's reused output, touched once before the timer
     times: dict[str, list[float]] = {p: [] for p in PATHS}
+    cpu: dict[str, list[float]] = {p: [] for p in PATHS}
     shoal_out = gloo_out = None
     try:
         for rep in range(args["repeats"] + 1):
             for path in PATHS:
                 buf = x.clone() if path == "gloo" else None
                 dist.barrier()
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 if path.startswith("shoal"):
                     res = loop.run_until_complete(
                         all_reduce(
@@ -118,13 +121,14 @@ def worker(rank: int, args: dict[str, Any], pipe: Pipe) -> None:
                     dist.all_reduce(buf, op=dist.ReduceOp.SUM)
                     buf /= args["peers"]
                     gloo_out = buf
-                dt = time.perf_counter() - t0
+                dt, dc = time.perf_counter() - t0, time.process_time() - c0
                 if rep > 0:
                     times[path].append(dt)
+                    cpu[path].append(dc)
         assert shoal_out is not None and gloo_out is not None
         max_diff = float((shoal_out - gloo_out).abs().max())
         digest = hashlib.sha256(shoal_out.numpy().tobytes()).hexdigest()
-        pipe.send({"times": times, "max_diff": max_diff, "digest": digest})
+        pipe.send({"times": times, "cpu": cpu, "max_diff": max_diff, "digest": digest})
     finally:
         dist.destroy_process_group()
         loop.run_until_complete(transport.aclose())
@@ -165,15 +169,20 @@ def main() -> None:
     rows: dict[str, dict[str, float]] = {}
     for path in PATHS:
         per_repeat = [max(r["times"][path][i] for r in reports) for i in range(ns.repeats)]
+        # CPU (all threads, user + system) of all processes together: what the call
+        # costs the machine, less sensitive to other load than the wall time.
+        cpu_all = [sum(r["cpu"][path][i] for r in reports) for i in range(ns.repeats)]
         med = statistics.median(per_repeat)
         rows[path] = {
             "median_s": med,
             "min_s": min(per_repeat),
             "max_s": max(per_repeat),
             "algbw_MBps": vector_bytes / med / 1e6,
+            "cpu_s_all_peers": statistics.median(cpu_all),
         }
     ratio = rows["shoal"]["algbw_MBps"] / rows["gloo"]["algbw_MBps"]
     ratio_new = rows["shoal_new_output"]["algbw_MBps"] / rows["gloo"]["algbw_MBps"]
+    load = os.getloadavg()[0]
     result = {
         "benchmark": "bench_allreduce",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -184,21 +193,23 @@ def main() -> None:
         "paths": rows,
         "shoal_over_gloo_bandwidth": ratio,
         "shoal_new_output_over_gloo_bandwidth": ratio_new,
+        "load_average_1min_at_end": load,
         "max_abs_diff_shoal_vs_gloo": max(r["max_diff"] for r in reports),
         "shoal_bit_identical_across_peers": len({r["digest"] for r in reports}) == 1,
     }
     if not ns.json:
         print(
             f"all-reduce of {ns.mib} MiB fp32, {ns.peers} processes on 127.0.0.1, "
-            f"{ns.repeats} repeats (shoal compression={ns.compression})\n"
+            f"{ns.repeats} repeats (shoal compression={ns.compression}); "
+            f"load average {load:.1f} on {os.cpu_count()} CPUs\n"
         )
-        print("| engine | median s | min s | max s | algbw MB/s |")
-        print("|---|---|---|---|---|")
+        print("| engine | median s | min s | max s | algbw MB/s | CPU s, all peers |")
+        print("|---|---|---|---|---|---|")
         for path in PATHS:
             r = rows[path]
             print(
                 f"| {path} | {r['median_s']:.3f} | {r['min_s']:.3f} | {r['max_s']:.3f} | "
-                f"{r['algbw_MBps']:.0f} |"
+                f"{r['algbw_MBps']:.0f} | {r['cpu_s_all_peers']:.3f} |"
             )
         print(
             f"\nshoal/gloo bandwidth ratio: {ratio:.2f} (target >= 1.0; "
