@@ -2,7 +2,8 @@
 
 `bulk_router.py` shares one Transport's bulk handler among consumers by tag prefix;
 `allreduce.py` is the reduce-scatter + all-gather (`stream_format.py` its tags and
-header, `shards.py` who owns which slice); groups come from `rounds/moshpit.py`.
+header, `shards.py` who owns which slice, `buffer_pool.py` the transient buffers it
+reuses from round to round); groups come from `rounds/moshpit.py`.
 """
 
 from shoal.averaging.allreduce import AllReduce, AllReduceFailed, AllReduceResult, all_reduce
