@@ -12,6 +12,9 @@ Inner steps use the user's optimizer. Every ``inner_steps`` steps, the pseudo-gr
 (global params - local params) is averaged across this round's group, weighted by
 samples, and an outer Nesterov SGD step moves the global params; the model then
 restarts from them. Every member of a group ends the round with bit-identical params.
+With ``dp=shoal.privacy.DpSettings(clip_norm, noise_multiplier, delta)`` each peer clips
+and noises its pseudo-gradient before it leaves the peer; ``opt.epsilon`` and each
+``RoundLog.epsilon`` say what that has cost so far.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from typing import Any, Protocol
 import torch
 
 from shoal.compression import ErrorFeedback, get_codec
+from shoal.privacy.settings import DpSettings
 from shoal.rounds.events import GroupFormed, RoundClosed
 from shoal.runtime.background import NodeThread
 from shoal.secagg.group_driver import require_mean
@@ -96,6 +100,9 @@ class RoundLog:
     # peer's sync (its last inner step), close -> group formed (the join window),
     # group formed -> average done (the all-reduce)
     phases: dict[str, float] = field(default_factory=dict)
+    # DP on (DiLoCo(dp=...)): epsilon this peer has spent so far, for DpSettings.delta
+    # (every update it released, including one still averaging with overlap)
+    epsilon: float | None = None
 
 
 class DiLoCo:
@@ -116,6 +123,7 @@ class DiLoCo:
         overlap: bool = False,
         aggregator: str = "mean",
         secure_aggregation: bool = False,
+        dp: DpSettings | None = None,
     ) -> None:
         if inner_steps < 1:
             raise ValueError("inner_steps must be >= 1")
@@ -129,6 +137,11 @@ class DiLoCo:
         self.inner_steps = inner_steps
         self.outer = OuterOptimizer(lr=outer_lr, momentum=outer_momentum)
         self.feedback = ErrorFeedback(get_codec(compression))
+        # DP: clip + noise each pseudo-gradient on this peer, before error feedback and
+        # compression (see _encode_delta); the accountant counts one release per round.
+        if dp is not None and not isinstance(dp, DpSettings):
+            raise TypeError(f"dp must be a shoal.privacy.DpSettings, got {type(dp).__name__}")
+        self.dp = dp.mechanism() if dp is not None else None
         self.compression = compression
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.global_flat = flatten_params(self.params)
@@ -251,6 +264,16 @@ class DiLoCo:
         """(start - local params), int8 round-tripped: exactly what the group averages."""
         with self._timed("encode_s"):
             delta = pseudo_gradient(start, flatten_params(self.params))
+            if self.dp is not None:
+                # Noise first, error feedback after: the residual it carries is then
+                # (noised + old residual) - sent, post-processing of released values.
+                # Taken against the raw delta it would hold -noise and undo it next round.
+                delta = self.dp.privatize(delta)
+                log.info(
+                    "DP: update norm %.4g clipped to %.4g, noise std %.4g; epsilon %.4f "
+                    "(delta %g) after %d releases", self.dp.last_norm, self.dp.clip_norm,
+                    self.dp.noise_std, self.dp.epsilon_spent(), self.dp.delta, self.dp.releases,
+                )  # fmt: skip
             # Error feedback: what int8 loses this round is added to the next round's delta.
             encoded = self.feedback.encode("delta", delta)
             return get_codec(self.compression).decode(encoded).reshape(-1).contiguous()
@@ -288,6 +311,7 @@ class DiLoCo:
             self.round, h, len(outcome.group.members), outcome.group.total_samples,
             res.bytes_sent, res.bytes_received,
             {p.short(): why for p, why in res.excluded.items()}, steps, phases,
+            epsilon=self.epsilon,
         )  # fmt: skip
         self.history.append(entry)
         self._publish_head()
@@ -305,6 +329,11 @@ class DiLoCo:
             return
         self._publishing = [f for f in self._publishing if not _settled(f)]
         self._publishing.append(fut)
+
+    @property
+    def epsilon(self) -> float | None:
+        """Epsilon spent so far by this peer's released updates (None: DP off)."""
+        return self.dp.epsilon_spent() if self.dp is not None else None
 
     @property
     def compute_round(self) -> int:
@@ -488,6 +517,7 @@ class DiLoCo:
             "outer": self.outer.state_dict(),
             "inner": self.inner.state_dict(),
             "feedback": self.feedback.state_dict(),
+            **({"privacy": self.dp.state_dict()} if self.dp is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -496,6 +526,8 @@ class DiLoCo:
         self.outer.load_state_dict(state["outer"])
         self.inner.load_state_dict(state["inner"])
         self.feedback.load_state_dict(state["feedback"])
+        if self.dp is not None and "privacy" in state:  # keep counting what was spent
+            self.dp.load_state_dict(state["privacy"])
         unflatten_into(self.global_flat, self.params)
 
     def save_checkpoint(self, path: str | Path) -> str:

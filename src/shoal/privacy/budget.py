@@ -5,22 +5,24 @@ with sampling rate 1 over its data (peer-level privacy: it covers everything the
 trained on that round). DP-SGD steps inside the inner loop are sampled Gaussian
 mechanisms with rate batch/dataset; both kinds go into the same accountant, which
 composes them. ``closed_form_epsilon`` is an independent check for the rate-1 case.
+Opacus is imported when the first budget is made, not with this module.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
-
-from opacus.accountants import RDPAccountant
+from typing import Any
 
 
 class PrivacyBudget:
     def __init__(self, delta: float) -> None:
         if not 0 < delta < 1:
             raise ValueError(f"delta must be in (0, 1), got {delta}")
+        from opacus.accountants import RDPAccountant  # ~2 s to import; only when DP is on
+
         self.delta = delta
-        self._acc = RDPAccountant()
+        self._acc: Any = RDPAccountant()
         self.releases = 0
 
     def spend(self, noise_multiplier: float, sample_rate: float = 1.0, steps: int = 1) -> None:
@@ -43,6 +45,15 @@ class PrivacyBudget:
     def history(self) -> list[tuple[float, float, int]]:
         """(noise_multiplier, sample_rate, steps) as Opacus recorded them."""
         return list(self._acc.history)
+
+    def load_history(self, history: list[tuple[float, float, int]], releases: int) -> None:
+        """Restore a saved ``history`` (a resumed peer must not start again from 0)."""
+        if releases != sum(n for _, _, n in history) or any(
+            not (z > 0 and 0 < q <= 1 and n >= 1) for z, q, n in history
+        ):
+            raise ValueError("privacy history does not add up; refusing to restore it")
+        self._acc.history = list(history)
+        self.releases = releases
 
 
 def closed_form_epsilon(noise_multiplier: float, releases: int, delta: float) -> float:

@@ -5,16 +5,40 @@ accountant, Poisson sampling): each inner step clips every sample's gradient to
 ``max_grad_norm`` and adds Gaussian noise. The engine's epsilon covers the inner steps
 (sample-level privacy); pseudo-gradient noise (dp_pseudo_gradients.py) covers the
 peer's release as a whole. Opacus needs per-sample gradient support for each layer
-(Linear, Conv, Embedding, LayerNorm, ... ; not every custom module).
+(Linear, Conv, Embedding, LayerNorm, ... ; not every custom module), and every layer
+must see the batch as its first dimension: ``check_per_sample_gradients`` says which
+parameter breaks that, rather than Opacus's shape error at the first step.
+
+Both the noise and the batch sampling draw from OS-seeded generators unless a seed is
+given (tests): the run's seed is known to every peer, so noise or sampling drawn from
+it would be predictable, and the accounted epsilon void.
 """
 
 from __future__ import annotations
 
+import os
 import warnings
-from typing import Any
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
-from opacus import PrivacyEngine
+
+if TYPE_CHECKING:
+    from opacus import PrivacyEngine
+
+    from shoal.privacy.settings import DpSgdSettings
+    from shoal.training.data import Corpus
+
+# Samples in the probe batch of check_per_sample_gradients (2: a layer that sees no
+# batch dimension shows up as a first dimension other than 2).
+PROBE_BATCH = 2
+
+
+def _generator(seed: int | None) -> torch.Generator:
+    if seed is None:
+        seed = int.from_bytes(os.urandom(8), "little") >> 1
+    return torch.Generator().manual_seed(seed)
 
 
 def make_private_inner(
@@ -26,24 +50,150 @@ def make_private_inner(
     max_grad_norm: float,
     seed: int | None = None,
 ) -> tuple[torch.nn.Module, torch.optim.Optimizer, torch.utils.data.DataLoader[Any], PrivacyEngine]:
+    """(model to call, DP optimizer, Poisson-sampled loader, engine). ``seed`` only for
+    tests: without it noise and sampling are unpredictable (OS-seeded)."""
     if not noise_multiplier > 0 or not max_grad_norm > 0:
         raise ValueError("noise_multiplier and max_grad_norm must be > 0")
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    from opacus import PrivacyEngine
+    from opacus.data_loader import DPDataLoader
+
+    noise_gen = _generator(seed)
+    sample_gen = _generator(None if seed is None else seed + 1)
+    # Poisson sampling with our own generator (Opacus would use torch's global RNG,
+    # which the run's seed fixes); sample rate = 1 / len(loader), as Opacus's own.
+    poisson = DPDataLoader.from_data_loader(loader, generator=sample_gen)
     with warnings.catch_warnings():  # secure_mode advice, not an error
         warnings.simplefilter("ignore")
         engine = PrivacyEngine(accountant="rdp")
         dp_model, dp_opt, dp_loader = engine.make_private(
             module=model,
             optimizer=optimizer,
-            data_loader=loader,
+            data_loader=poisson,
             noise_multiplier=noise_multiplier,
             max_grad_norm=max_grad_norm,
-            noise_generator=gen,
+            noise_generator=noise_gen,
+            poisson_sampling=False,  # the loader above already samples
         )
     return dp_model, dp_opt, dp_loader, engine
 
 
 def inner_epsilon(engine: PrivacyEngine, delta: float) -> float:
+    if not engine.accountant.history:
+        return 0.0
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return float(engine.get_epsilon(delta))
+
+
+def check_per_sample_gradients(dp_model: torch.nn.Module, *batch: torch.Tensor) -> None:
+    """One forward/backward of ``model(*batch)`` (a loss); ValueError naming the first
+    parameter whose per-sample gradient is not batch-shaped. Leaves no gradients."""
+    n = batch[0].shape[0]
+    try:
+        with warnings.catch_warnings():  # torch: "full backward hook ... no inputs require grad"
+            warnings.simplefilter("ignore")
+            dp_model(*batch).backward()
+        for name, p in dp_model.named_parameters():
+            gs = getattr(p, "grad_sample", None)
+            if p.requires_grad and (gs is None or gs.shape[0] != n):
+                got = "none" if gs is None else f"{gs.shape[0]} rows"
+                raise ValueError(
+                    f"DP-SGD: parameter {name.removeprefix('_module.')} has no per-sample "
+                    f"gradient for a batch of {n} ({got}); each layer must get the batch "
+                    "as its first dimension (e.g. a position embedding called on "
+                    "arange(t) needs arange(t).expand(batch, t)), and be a layer "
+                    "Opacus supports"
+                )
+    finally:
+        for p in dp_model.parameters():
+            p.grad = None
+            if hasattr(p, "grad_sample"):
+                p.grad_sample = None
+
+
+class TokenWindows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+    """Every (input, target) window of ``block_size`` tokens in a 1-D token tensor: the
+    records DP-SGD samples from (and protects)."""
+
+    def __init__(self, tokens: torch.Tensor, block_size: int) -> None:
+        if tokens.numel() <= block_size:
+            raise ValueError(f"{tokens.numel()} tokens: block_size {block_size} needs more")
+        self.tokens, self.block_size = tokens, block_size
+
+    def __len__(self) -> int:
+        return self.tokens.numel() - self.block_size
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        row = self.tokens[i : i + self.block_size + 1].long()
+        return row[:-1], row[1:]
+
+
+@dataclass
+class PrivateInner:
+    """A DP-SGD inner loop: call ``model``, step ``optimizer``, draw ``batches``."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]]
+    engine: PrivacyEngine
+    settings: DpSgdSettings
+    sample_rate: float
+    records: int
+
+    def epsilon(self) -> float:
+        return inner_epsilon(self.engine, self.settings.delta)
+
+    @property
+    def steps(self) -> int:
+        return sum(n for _, _, n in self.engine.accountant.history)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "epsilon": self.epsilon(),
+            "delta": self.settings.delta,
+            "noise_multiplier": self.settings.noise_multiplier,
+            "max_grad_norm": self.settings.max_grad_norm,
+            "sample_rate": self.sample_rate,
+            "records": self.records,
+            "steps": self.steps,
+        }
+
+
+def _endless(
+    loader: torch.utils.data.DataLoader[Any],
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    while True:
+        for x, y in loader:
+            if len(x):  # Poisson sampling can draw an empty batch; it is still a step
+                yield x, y  # (skipped: no step, no release, nothing to account)
+
+
+def private_inner_loop(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    corpus: Corpus,
+    settings: DpSgdSettings,
+    *,
+    batch_size: int,
+    block_size: int,
+    shard: tuple[int, int] = (0, 1),
+    seed: int | None = None,
+) -> PrivateInner:
+    """DP-SGD over this peer's shard of the training split (same slicing as
+    ``Corpus.batches``): expected batch ``batch_size``, Poisson-sampled windows."""
+    rank, world = shard
+    tokens = corpus.tokens("train")
+    per = tokens.numel() // world
+    data = TokenWindows(tokens[rank * per : (rank + 1) * per], block_size)
+    loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
+    dp_model, dp_opt, dp_loader, engine = make_private_inner(
+        model, optimizer, loader, noise_multiplier=settings.noise_multiplier,
+        max_grad_norm=settings.max_grad_norm, seed=seed,
+    )  # fmt: skip
+    probe = [data[i] for i in range(PROBE_BATCH)]
+    check_per_sample_gradients(
+        dp_model, torch.stack([x for x, _ in probe]), torch.stack([y for _, y in probe])
+    )
+    return PrivateInner(
+        dp_model, dp_opt, _endless(dp_loader), engine, settings, 1 / len(loader), len(data)
+    )

@@ -24,13 +24,24 @@ def clip_to_norm(update: torch.Tensor, clip_norm: float) -> tuple[torch.Tensor, 
     return (update.double() * (clip_norm / norm)).to(update.dtype), norm
 
 
+def clip_and_noise(
+    update: torch.Tensor, clip_norm: float, noise_multiplier: float, generator: torch.Generator
+) -> tuple[torch.Tensor, float]:
+    """Clipped ``update`` plus N(0, (noise_multiplier * clip_norm)^2) per coordinate, as
+    fp32, and the update's norm before clipping (worth logging: a clip far below it
+    throws most of the update away)."""
+    if not noise_multiplier >= 0 or not math.isfinite(noise_multiplier):
+        raise ValueError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier}")
+    clipped, norm = clip_to_norm(update, clip_norm)
+    std = noise_multiplier * clip_norm
+    # fp32 noise: an fp64 draw would double the peak memory for a large model, and the
+    # update leaves the peer as fp32 (or int8) anyway.
+    noise = torch.randn(update.shape, generator=generator, dtype=torch.float32)
+    return noise.mul_(std).add_(clipped.to(torch.float32)), norm
+
+
 def gaussian_noise(
     update: torch.Tensor, clip_norm: float, noise_multiplier: float, generator: torch.Generator
 ) -> torch.Tensor:
     """Clipped ``update`` plus N(0, (noise_multiplier * clip_norm)^2) per coordinate."""
-    if not noise_multiplier >= 0 or not math.isfinite(noise_multiplier):
-        raise ValueError(f"noise_multiplier must be finite and >= 0, got {noise_multiplier}")
-    clipped, _ = clip_to_norm(update, clip_norm)
-    std = noise_multiplier * clip_norm
-    noise = torch.randn(update.shape, generator=generator, dtype=torch.float64) * std
-    return (clipped.double() + noise).to(torch.float32)
+    return clip_and_noise(update, clip_norm, noise_multiplier, generator)[0]

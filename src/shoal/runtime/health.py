@@ -6,7 +6,8 @@
   node, it sees a live peer (or is the seed, with no bootstrap); for a training node,
   it has also downloaded and hash-checked the run's current state. 503 with the stage
   (``joining``, ``syncing``, ...) before that.
-- ``/metrics``: Prometheus text (peers, bytes, round), on the same port, so a
+- ``/metrics``: Prometheus text (peers, bytes, round, epsilon spent when DP is on),
+  on the same port, so a
   NetworkPolicy needs only the P2P port and this one.
 
 The server runs on the node's loop; ``Readiness`` may be updated from any thread
@@ -129,6 +130,9 @@ class HealthServer:
         ]
         if isinstance(detail.get("round"), int):
             lines += ["# TYPE shoal_round gauge", f"shoal_round {detail['round']}"]
+        for key in ("dp_epsilon", "dp_delta", "dp_sgd_epsilon"):  # DP on ([privacy])
+            if isinstance(detail.get(key), float):
+                lines += [f"# TYPE shoal_{key} gauge", f"shoal_{key} {detail[key]!r}"]
         return Response(200, ("\n".join(lines) + "\n").encode(), "text/plain; version=0.0.4")
 
 

@@ -34,6 +34,13 @@ outer_momentum = 0.9
 data_dir = "/var/lib/shoal/n0"
 listen = "127.0.0.1:0"
 bootstrap = ["sh1...@127.0.0.1:7000"]
+
+[privacy]                # optional; differential privacy (shoal.privacy)
+clip_norm = 1.0          # each round's pseudo-gradient clipped to this L2 norm...
+noise_multiplier = 1.1   # ...plus N(0, (noise_multiplier * clip_norm)^2) per coordinate
+delta = 1e-5             # epsilon is reported for this delta
+dp_sgd_noise_multiplier = 1.0  # optional: per-sample DP-SGD inner steps (Opacus)
+dp_sgd_max_grad_norm = 1.0     # each sample's gradient clipped to this
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from typing import Any
 import torch
 
 from shoal.aggregation import AGGREGATORS
+from shoal.privacy.settings import DEFAULT_DELTA, DpSettings, DpSgdSettings
 from shoal.secagg.group_driver import require_mean
 from shoal.secagg.network_messages import MAX_SECAGG_GROUP
 
@@ -82,6 +90,13 @@ class RunConfig:
     outer_momentum: float = 0.9
     listen: str = "127.0.0.1:0"
     bootstrap: list[str] = field(default_factory=list)
+    # [privacy]: pseudo-gradient DP needs clip_norm and noise_multiplier; DP-SGD needs
+    # both dp_sgd_* keys; None = off
+    dp_clip_norm: float | None = None
+    dp_noise_multiplier: float | None = None
+    dp_delta: float | None = None
+    dp_sgd_noise_multiplier: float | None = None
+    dp_sgd_max_grad_norm: float | None = None
     # demo bookkeeping: where to write progress lines and the result JSON
     progress_file: Path | None = None
     result_file: Path | None = None
@@ -89,6 +104,25 @@ class RunConfig:
     @property
     def effective_target(self) -> int:
         return self.target_samples or self.expected_peers * self.inner_steps * self.batch_size
+
+    @property
+    def dp(self) -> DpSettings | None:
+        """Pseudo-gradient DP settings (checked by ``_check``), or None when off."""
+        if self.dp_clip_norm is None or self.dp_noise_multiplier is None:
+            return None
+        return DpSettings(self.dp_clip_norm, self.dp_noise_multiplier, self.dp_delta_or_default)
+
+    @property
+    def dp_sgd(self) -> DpSgdSettings | None:
+        if self.dp_sgd_noise_multiplier is None or self.dp_sgd_max_grad_norm is None:
+            return None
+        return DpSgdSettings(
+            self.dp_sgd_noise_multiplier, self.dp_sgd_max_grad_norm, self.dp_delta_or_default
+        )
+
+    @property
+    def dp_delta_or_default(self) -> float:
+        return DEFAULT_DELTA if self.dp_delta is None else self.dp_delta
 
     def build_model(self) -> torch.nn.Module:
         mod_name, sep, attr = self.model_factory.partition(":")
@@ -123,6 +157,11 @@ _SECTIONS: dict[str, dict[str, str]] = {
     "optim": {"inner_lr": "inner_lr", "outer_lr": "outer_lr", "outer_momentum": "outer_momentum"},
     "node": {"data_dir": "data_dir", "listen": "listen", "bootstrap": "bootstrap"},
     "output": {"progress_file": "progress_file", "result_file": "result_file"},
+    "privacy": {
+        "clip_norm": "dp_clip_norm", "noise_multiplier": "dp_noise_multiplier",
+        "delta": "dp_delta", "dp_sgd_noise_multiplier": "dp_sgd_noise_multiplier",
+        "dp_sgd_max_grad_norm": "dp_sgd_max_grad_norm",
+    },
 }  # fmt: skip
 
 
@@ -178,6 +217,24 @@ def _check(cfg: RunConfig) -> None:
                               "secure_aggregation (masks and shares grow as n^2)")  # fmt: skip
     if not 0 <= cfg.rank < cfg.world:
         raise ConfigError("data.rank must be in [0, world)")
+    _check_privacy(cfg)
+
+
+def _check_privacy(cfg: RunConfig) -> None:
+    pairs = (("clip_norm", "noise_multiplier"), ("dp_sgd_noise_multiplier", "dp_sgd_max_grad_norm"))
+    for a, b in pairs:  # half a mechanism is a typo, not "DP off"
+        keys = _SECTIONS["privacy"]
+        va, vb = getattr(cfg, keys[a]), getattr(cfg, keys[b])
+        if (va is None) != (vb is None):
+            have, missing = (a, b) if vb is None else (b, a)
+            raise ConfigError(f"privacy.{have} is set but privacy.{missing} is not: set both")
+    try:
+        dp, dp_sgd = cfg.dp, cfg.dp_sgd
+        if cfg.dp_delta is not None and dp is None and dp_sgd is None:
+            raise ValueError("delta is set but no mechanism is: set clip_norm and "
+                             "noise_multiplier, or the dp_sgd_* keys")  # fmt: skip
+    except ValueError as exc:
+        raise ConfigError(f"privacy.{exc}") from None
 
 
 def dump_run_config(cfg: RunConfig) -> str:

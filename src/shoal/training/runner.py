@@ -19,6 +19,7 @@ import torch
 
 from shoal.diloco import DiLoCo
 from shoal.ledger.messages import LEDGER_MESSAGES
+from shoal.privacy.dp_sgd import PrivateInner, private_inner_loop
 from shoal.rounds.config import RoundConfig
 from shoal.runtime.background import NodeThread
 from shoal.runtime.health import HealthServer, Readiness, start_in_thread
@@ -77,32 +78,44 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
         readiness.set(False, "syncing")
         model = cfg.build_model()
         corpus = load_corpus(cfg)
-        inner = torch.optim.AdamW(model.parameters(), lr=cfg.inner_lr, weight_decay=0.1)
+        inner: torch.optim.Optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.inner_lr, weight_decay=0.1
+        )
+        # [privacy] DP-SGD: Opacus wraps the optimizer and samples the batches (Poisson);
+        # DiLoCo still gets the plain model (its params, names and hashes).
+        private = _private_inner(cfg, model, inner, corpus)
+        forward = private.model if private is not None else model
+        inner = private.optimizer if private is not None else inner
         ledger = _ledger_hook(cfg, thread)
         opt = DiLoCo(
             model, inner, run=cfg.name, node=thread, inner_steps=cfg.inner_steps,
             outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
             compression=cfg.compression, allreduce_timeout_s=max(30.0, cfg.deadline_s),
             overlap=cfg.overlap, aggregator=cfg.aggregator,
-            secure_aggregation=cfg.secure_aggregation,
+            secure_aggregation=cfg.secure_aggregation, dp=cfg.dp,
             ledger=ledger,
         )  # fmt: skip
         first_round = opt.round
-        readiness.set(True, "training", round=opt.round)
+        readiness.set(True, "training", round=opt.round, **_privacy_gauges(opt, private))
         batches = corpus.batches(
             "train", cfg.batch_size, cfg.block_size, seed=cfg.seed, shard=(cfg.rank, cfg.world)
         )
+        if private is not None:
+            batches = private.batches
         t0 = time.monotonic()
         while opt.round < cfg.rounds:
             x, y = next(batches)
-            loss = model(x, y)
+            loss = forward(x, y)
             opt.zero_grad()
             loss.backward()
             done = opt.step(samples=len(x))
             if opt.pending_round == cfg.rounds - 1:  # overlap: no round after the last
                 done = opt.flush()
             if done is not None:
-                readiness.set(True, "training", round=opt.round)
+                readiness.set(True, "training", round=opt.round, **_privacy_gauges(opt, private))
+                if private is not None:
+                    log.info("DP-SGD: epsilon %.4f (delta %g) after %d inner steps",
+                             private.epsilon(), private.settings.delta, private.steps)  # fmt: skip
             if progress is not None and (opt.local_steps % 5 == 0 or done is not None):
                 line = {"step": opt.local_steps, "round": opt.round, "loss": loss.item()}
                 progress.write(json.dumps(line) + "\n")
@@ -125,6 +138,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             "sync_s": round(opt.sync_s, 3),
             "sync_breakdown": {k: round(v, 3) for k, v in opt.timings.items()},
             "ledger": ledger.stats() if ledger is not None else None,
+            "privacy": _privacy_report(opt, private),
         }
         if ledger is not None:  # the swarm's last entries reach every peer before we stop
             ledger.settle(cfg.rounds - 1)  # (after wall_s: training time, not this wait)
@@ -140,6 +154,38 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
         if health is not None:
             health.close_in(thread)
         thread.stop()
+
+
+def _private_inner(
+    cfg: RunConfig, model: torch.nn.Module, inner: torch.optim.Optimizer, corpus: Corpus
+) -> PrivateInner | None:
+    """The DP-SGD inner loop when ``[privacy]`` asks for one (Opacus only then)."""
+    settings = cfg.dp_sgd
+    if settings is None:
+        return None
+    return private_inner_loop(
+        model, inner, corpus, settings, batch_size=cfg.batch_size, block_size=cfg.block_size,
+        shard=(cfg.rank, cfg.world),
+    )  # fmt: skip
+
+
+def _privacy_report(opt: DiLoCo, private: PrivateInner | None) -> dict[str, Any] | None:
+    """The result JSON's ``privacy``: epsilon of the released updates and of DP-SGD."""
+    if opt.dp is None and private is None:
+        return None
+    report: dict[str, Any] = opt.dp.report() if opt.dp is not None else {"epsilon": None}
+    report["dp_sgd"] = private.report() if private is not None else None
+    return report
+
+
+def _privacy_gauges(opt: DiLoCo, private: PrivateInner | None) -> dict[str, float]:
+    """Readiness details that /metrics exports as gauges (health.py)."""
+    out: dict[str, float] = {}
+    if opt.dp is not None:
+        out["dp_epsilon"], out["dp_delta"] = opt.dp.epsilon_spent(), opt.dp.delta
+    if private is not None:
+        out["dp_sgd_epsilon"] = private.epsilon()
+    return out
 
 
 def _ledger_hook(cfg: RunConfig, thread: NodeThread) -> Any:

@@ -116,7 +116,12 @@ class SwarmAverager:
             self.node.apply(core.from_rounds(now, core.rounds.report_progress(now, samples)))
 
     async def finish(self, round_no: int, delta: torch.Tensor, samples: int) -> RoundOutcome:
-        """Average ``delta`` (this peer's pseudo-gradient) over this round's group."""
+        """Average ``delta`` (this peer's pseudo-gradient) over this round's group.
+
+        With DP on, ``delta`` is already clipped, noised and int8 round-tripped by the
+        caller (DiLoCo._encode_delta), so the all-reduce and SecAgg paths alike only
+        ever carry the noised update (SecAgg masks it; its fixed point clamps each
+        weighted coordinate to ``DEFAULT_CLIP``, post-processing that costs no privacy)."""
         core, node = self.core, self.node
         now = time.time()
         acts = core.rounds.report_progress(now, samples) + core.rounds.set_ready(now)
