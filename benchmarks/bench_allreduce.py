@@ -85,7 +85,7 @@ def worker(rank: int, args: dict[str, Any], pipe: Pipe) -> None:
         world_size=args["peers"],
         timeout=timedelta(seconds=300),
     )
-    numel = args["mib"] * MiB // 4
+    numel = max(1, int(args["mib"] * MiB) // 4)
     x = torch.randn(numel, generator=torch.Generator().manual_seed(1000 + rank))
     out = torch.zeros_like(x)  # shoal's reused output, touched once before the timer
     times: dict[str, list[float]] = {p: [] for p in PATHS}
@@ -137,7 +137,7 @@ def worker(rank: int, args: dict[str, Any], pipe: Pipe) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mib", type=int, default=64)
+    ap.add_argument("--mib", type=float, default=64, help="vector size (0.001: fixed costs)")
     ap.add_argument("--peers", type=int, default=4)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--compression", choices=["none", "int8"], default="none")
@@ -165,7 +165,7 @@ def main() -> None:
             if p.is_alive():
                 p.kill()
                 p.join()
-    vector_bytes = ns.mib * MiB
+    vector_bytes = max(1, int(ns.mib * MiB) // 4) * 4
     rows: dict[str, dict[str, float]] = {}
     for path in PATHS:
         per_repeat = [max(r["times"][path][i] for r in reports) for i in range(ns.repeats)]
