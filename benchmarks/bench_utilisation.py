@@ -62,6 +62,7 @@ def summarise(
     flush = [float(r["sync_breakdown"]["flush_s"]) for r in results]
     compute = [w - s for w, s in zip(wall, sync, strict=True)]
     steps = [int(r["local_steps"]) for r in results]
+    cpu = [float(r["cpu_s"]) for r in results]
     phases = sorted(results[0]["sync_breakdown"])
     return {
         "utilisation": _stats([c / w for c, w in zip(compute, wall, strict=True)]),
@@ -81,6 +82,10 @@ def summarise(
         "steps_per_s": _stats([s / w for s, w in zip(steps, wall, strict=True)], 3),
         "steps_per_compute_s": _stats([s / c for s, c in zip(steps, compute, strict=True)], 3),
         "swarm_steps_per_s": round(sum(steps) / statistics.median(wall), 2),
+        # CPU seconds of each trainer (all its threads) during the loop: how much of a
+        # core it got, and what a step cost, whatever else the machine was running
+        "cores_per_peer": _stats([c / w for c, w in zip(cpu, wall, strict=True)], 3),
+        "steps_per_cpu_s": _stats([s / c for s, c in zip(steps, cpu, strict=True)], 3),
         # where a round's time goes after its close (median over peers and rounds)
         "round_phases_median_s": _phase_medians([h for r in results for h in r["history"][:-1]]),
         "last_round_phases_median_s": _phase_medians([r["history"][-1] for r in results]),
@@ -89,7 +94,7 @@ def summarise(
         # median of each peer's last logged training loss: a sanity check, not an eval
         "final_loss_median": round(statistics.median(losses), 4) if losses else None,
         "peers": [
-            {k: r[k] for k in ("local_steps", "wall_s", "sync_s", "sync_breakdown")}
+            {k: r[k] for k in ("local_steps", "wall_s", "cpu_s", "sync_s", "sync_breakdown")}
             | {"steps_by_round": [h.get("steps") for h in r["history"]]}
             | {"phases_by_round": [h.get("phases") for h in r["history"]]}
             for r in results

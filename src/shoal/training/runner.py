@@ -102,7 +102,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
         )
         if private is not None:
             batches = private.batches
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), time.process_time()
         while opt.round < cfg.rounds:
             x, y = next(batches)
             loss = forward(x, y)
@@ -135,6 +135,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             "bytes_received": node.transport.bytes_received,
             "numel": int(opt.global_flat.numel()),
             "wall_s": round(time.monotonic() - t0, 2),
+            "cpu_s": round(time.process_time() - cpu0, 2),  # all threads, training loop only
             "sync_s": round(opt.sync_s, 3),
             "sync_breakdown": {k: round(v, 3) for k, v in opt.timings.items()},
             "ledger": ledger.stats() if ledger is not None else None,
