@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -203,3 +204,50 @@ def test_secure_aggregation_averages_the_noised_updates(tmp_path: Path) -> None:
     # equal samples: the secure average is the plain mean, up to SecAgg's fixed point
     assert np.abs(moved - mean_sent).max() < 1e-5
     _check_is_noise(moved, dp.noise_std / math.sqrt(peers))
+
+
+def test_overlap_reports_epsilon_of_every_released_update(tmp_path: Path) -> None:
+    """With overlap, round c's outer step is applied after c+1's update was released:
+    the epsilon logged with it counts that release too (what has left the peer)."""
+    torch.set_num_threads(1)
+    peers, rounds, h = 2, 3, 5
+    dp = DpSettings(clip_norm=0.05, noise_multiplier=1.5)
+    errors: list[BaseException] = []
+
+    def loop(opt: DiLoCo, m: Regression, seed: int) -> None:
+        try:
+            g = torch.Generator().manual_seed(seed)
+            w = torch.arange(8, dtype=torch.float32).reshape(8, 1)
+            while opt.round < rounds:
+                x = torch.randn(BATCH, 8, generator=g)
+                loss = m(x, x @ w)
+                opt.zero_grad()
+                loss.backward()
+                time.sleep(0.005)
+                opt.step(samples=BATCH)
+                if opt.pending_round == rounds - 1:  # the runner's loop
+                    opt.flush()
+        except BaseException as exc:
+            errors.append(exc)
+
+    with nodes(tmp_path, "dpo", peers, peers * h * BATCH) as ns:
+        models = [Regression() for _ in range(peers)]
+        opts = [
+            shoal.DiLoCo(m, torch.optim.SGD(m.parameters(), lr=0.02), run="dpo", node=n,
+                         inner_steps=h, compression="int8", join_existing=False, dp=dp,
+                         overlap=True)
+            for m, n in zip(models, ns, strict=True)
+        ]  # fmt: skip
+        ts = [threading.Thread(target=loop, args=(o, m, i)) for i, (o, m) in
+              enumerate(zip(opts, models, strict=True))]  # fmt: skip
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(180)
+        assert not errors, errors
+    want = [_opacus_epsilon(1.5, k, 1e-5) for k in (2, 3, 3)]  # released: r+1, r+1, last
+    for o in opts:
+        assert [r.round for r in o.history] == [1, 2, 3]
+        assert [r.epsilon for r in o.history] == pytest.approx(want, rel=1e-12)
+        assert o.dp is not None and o.dp.releases == rounds
+    assert len({tuple(r.model_hash for r in o.history) for o in opts}) == 1
