@@ -9,8 +9,10 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -74,6 +76,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
     try:
         if health_listen is not None:
             health = start_in_thread(thread, readiness, health_listen)
+        _prewarm_ledger(cfg)
         _wait_for_peers(thread, cfg)
         readiness.set(False, "syncing")
         model = cfg.build_model()
@@ -141,6 +144,8 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             "ledger": ledger.stats() if ledger is not None else None,
             "privacy": _privacy_report(opt, private),
         }
+        if result["privacy"] is not None:
+            log.info("privacy spent: %s", json.dumps(result["privacy"]))
         if ledger is not None:  # the swarm's last entries reach every peer before we stop
             ledger.settle(cfg.rounds - 1)  # (after wall_s: training time, not this wait)
             result["ledger"] = ledger.stats()
@@ -187,6 +192,14 @@ def _privacy_gauges(opt: DiLoCo, private: PrivateInner | None) -> dict[str, floa
     if private is not None:
         out["dp_sgd_epsilon"] = private.epsilon()
     return out
+
+
+def _prewarm_ledger(cfg: RunConfig) -> None:
+    """Import the ledger (web3 & co.: seconds of CPU, tens on a loaded machine) while
+    we wait for peers, not after: a peer that starts late trains its first rounds alone."""
+    if (cfg.data_dir / "ledger" / "chain.json").exists():
+        threading.Thread(target=importlib.import_module, args=("shoal.ledger.training_hook",),
+                         name="ledger-import", daemon=True).start()  # fmt: skip
 
 
 def _ledger_hook(cfg: RunConfig, thread: NodeThread) -> Any:
