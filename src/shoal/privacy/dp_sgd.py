@@ -179,8 +179,9 @@ def private_inner_loop(
     shard: tuple[int, int] = (0, 1),
     seed: int | None = None,
 ) -> PrivateInner:
-    """DP-SGD over this peer's shard of the training split (same slicing as
-    ``Corpus.batches``): expected batch ``batch_size``, Poisson-sampled windows."""
+    """DP-SGD over this peer's shard of the training split, contiguous slice ``rank``
+    of ``world`` (the records DP-SGD protects are its windows): expected batch
+    ``batch_size``, Poisson-sampled windows."""
     rank, world = shard
     tokens = corpus.tokens("train")
     per = tokens.numel() // world
