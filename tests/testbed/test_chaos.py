@@ -127,6 +127,9 @@ def test_slow_host_and_late_joiner(chaos: ChaosRun, chain: ChaosChain) -> None:
     """h7 has a 10x slower link (10 Mbit/s both ways) throughout; h6 joins after
     round 2. Rounds still close, the slow host keeps up, the joiner syncs and joins."""
     chaos.rounds = 6
+    # 7 hosts start together: each waits for the other 6 (not for h6, which comes
+    # later), so h0 does not train its first rounds alone while the others start up.
+    chaos.peers = 7
     applier.shape(chaos.net.name, "h7", rate_mbit=10.0)
     cfgs = chaos.start_all([*HOSTS[:6], "h7"])
     chaos.wait_round(cfgs["h0"], 2, ROUND_WAIT_S)
