@@ -103,3 +103,12 @@ def test_chain_failure_fails_open(hook: tuple[LedgerHook, FakeChain]) -> None:
     chain.fail = True
     assert h.admits(PEER)  # logged; an unreachable chain does not drop honest peers
     assert chain.calls == 1
+
+
+def test_stale_answer_after_the_rechecker_stopped(hook: tuple[LedgerHook, FakeChain]) -> None:
+    h, chain = hook
+    assert h.admits(PEER)
+    h._rechecker.shutdown(wait=True)  # as at the end of a run
+    _age(h, ADMISSION_CACHE_S + 1)
+    assert h.admits(PEER)  # still answered from memory; the re-read is skipped
+    assert not h._rechecking and chain.calls == 1

@@ -139,7 +139,11 @@ class LedgerHook:
                 with self._lock:
                     self._rechecking.discard(peer)
 
-        self._rechecker.submit(run)
+        try:
+            self._rechecker.submit(run)
+        except RuntimeError:  # closed: the run is over, nothing to re-read for
+            with self._lock:
+                self._rechecking.discard(peer)
 
     def _peers(self) -> list[Contact]:
         return [
