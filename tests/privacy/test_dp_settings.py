@@ -74,7 +74,7 @@ def test_diloco_refuses_dp_that_is_not_dp_settings() -> None:
 def test_clip_and_noise_reports_the_norm_before_clipping() -> None:
     out, norm = clip_and_noise(torch.full((4,), 3.0), 1.0, 0.0, torch.Generator())
     assert norm == pytest.approx(6.0)
-    assert float(out.norm()) == pytest.approx(1.0, rel=1e-6)
+    assert float(out.norm()) == pytest.approx(1.0, rel=1e-4) and float(out.norm()) <= 1.0
 
 
 def test_budget_survives_a_checkpoint_and_bad_history_is_refused() -> None:
