@@ -7,20 +7,27 @@ fp32 vector into n contiguous shards (shards.py); ``group[j]`` owns shard j.
    codec, to owner j, with its weight and model version in the tag
    (stream_format.py). Owners check every field at announce time (wrong version,
    size, sender index, codec or weight: refused before a byte is buffered), then
-   decode and check shape and finiteness (``validate_update``).
+   check each payload (int8: scales and codes; fp32: NaN/Inf, see 2).
 2. Owner j averages the valid contributions in group order (= peer-id order):
    ``sum_i x_i * fp32(w_i / W)`` with W the sum of included weights, using separate
    fp32 mul and add (no FMA), exactly the formula of ``diloco_math.weighted_average``.
    Normalising first keeps the sum a convex combination, so it cannot overflow.
+   Once every contribution is announced, W is known from the tags and each
+   contribution is multiplied as it lands ("early scaling"); the reduce then only
+   adds. A NaN/Inf anywhere makes the mean non-finite, so fp32 inputs are scanned
+   only when it is; then the culprits are excluded and the mean recomputed, as it
+   is whenever W changes after the early products were made.
 3. All-gather. Owner j encodes the averaged shard once and streams those same bytes,
    behind a header saying whom it included with what weight, to every member, and
    decodes them itself. So every member ends with a bit-identical vector, even with
    lossy int8.
 
-Each member sends and receives about 2 (n-1)/n of the encoded vector. Memory beyond
-the output: the n-1 incoming contribution shards (owner side) and the n-1 incoming
-result shards, each freed once used; fp32 shards are sent straight from the caller's
-tensor, with no copy.
+Each member sends and receives about 2 (n-1)/n of the encoded vector. fp32 shards
+are sent straight from the caller's tensor, with no copy; ``out=`` lets the caller
+supply the output. Transient buffers (incoming contributions and result shards,
+early products, int8 payloads) come from a process-wide pool (buffer_pool.py) and go
+back to it when the call ends, so the next round finds them already mapped: fresh
+memory costs page faults that outweighed the transfers (docs/BENCHMARKS.md).
 
 Faults (what the caller sees):
 - A contribution that is malformed, non-finite, from another model version, the
