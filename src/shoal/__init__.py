@@ -12,4 +12,8 @@ def __getattr__(name: str) -> Any:
         from shoal import diloco
 
         return getattr(diloco, name)
+    if name == "DpSettings":
+        from shoal.privacy.settings import DpSettings
+
+        return DpSettings
     raise AttributeError(f"module 'shoal' has no attribute {name!r}")

@@ -219,6 +219,8 @@ def train(
             f"trained {result['rounds']} rounds; final model {result['final_model_hash'][:16]} "
             f"in {result['checkpoint']}"
         )
+        if result.get("privacy"):
+            out.print(f"privacy spent: {json.dumps(result['privacy'])}")
 
 
 @app.command("demo")
