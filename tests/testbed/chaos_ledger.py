@@ -340,15 +340,23 @@ def check_ledger(
     ref_host, ref = next(iter(heads.items()))
     diff = {h: sorted(set(v.items()) ^ set(ref.items())) for h, v in heads.items() if v != ref}
     assert not diff, f"feed heads differ from {ref_host}'s: {diff}"
-    everyone = {results[h]["peer_id"] for h in live} | {_peer_id(d) for d in dead.values()}
-    assert everyone <= ref.keys(), everyone - ref.keys()  # every peer's feed, everywhere
+    mine = {results[h]["peer_id"] for h in live}
+    assert mine <= ref.keys(), mine - ref.keys()  # every live peer's feed, everywhere
     # A killed peer's own disk holds every entry the survivors got from it: nothing
     # it acknowledged was lost, and it never wrote a different entry at that seq.
     from shoal.identity.keys import PeerId
     from shoal.ledger.feed import FeedStore
 
+    aggs = _aggregates(live[ref_host])
+    contributors = {str(c.author) for agg in aggs.values() for c in agg.contributors}
+    unreplicated = []
     for h, d in dead.items():
         pid = _peer_id(d)
+        if pid not in ref:
+            # killed before it gossiped anything; then no aggregate can have used it
+            assert pid not in contributors, (h, "used, yet its feed is nowhere")
+            unreplicated.append(h)
+            continue
         seq, want = ref[pid]
         with FeedStore(d / FEED) as own:
             got = own.get(PeerId.parse(pid), seq)
@@ -361,7 +369,6 @@ def check_ledger(
     rounds = [a["round"] for a in anchors]
     assert rounds, "no round was anchored"
     assert all(b > a for a, b in itertools.pairwise(rounds)), rounds  # only forward
-    aggs = _aggregates(live[ref_host])
     hist = {h: {e["round"]: e["model_hash"] for e in r["history"]} for h, r in results.items()}
     by_peer = {results[h]["peer_id"]: h for h in results}
     checked = 0
@@ -404,6 +411,7 @@ def check_ledger(
     assert state["verify"]["ok"], state["verify"]  # shoal verify of a final checkpoint
     return {
         "feeds": len(ref),
+        "killed_feeds_never_gossiped": unreplicated,
         "settle_s": sorted(s["settle_s"] for s in settle.values() if s),
         "settled": sum(bool(s and s["converged"]) for s in settle.values()),
         "anchored_rounds": rounds,
