@@ -25,8 +25,9 @@ from collections import OrderedDict
 
 import torch
 
-# Enough for every transient of a 256 MiB all-reduce in a group of 4 (about 2 (n-1)/n
-# of the vector plus one shard of scratch), while an idle node holds no more than this.
+# Enough for every transient of a ~200 MiB fp32 all-reduce in a group of 4 (incoming
+# contributions, their early products and the result shards: ~3 (n-1)/n of the
+# vector), while an idle node holds no more than this.
 MAX_POOLED_BYTES = 512 * 1024 * 1024
 # Buffers smaller than this come and go cheaply through malloc; pooling them only costs.
 MIN_POOLED_BYTES = 256 * 1024
