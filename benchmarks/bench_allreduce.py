@@ -199,7 +199,7 @@ def main() -> None:
     }
     if not ns.json:
         print(
-            f"all-reduce of {ns.mib} MiB fp32, {ns.peers} processes on 127.0.0.1, "
+            f"all-reduce of {ns.mib:g} MiB fp32, {ns.peers} processes on 127.0.0.1, "
             f"{ns.repeats} repeats (shoal compression={ns.compression}); "
             f"load average {load:.1f} on {os.cpu_count()} CPUs\n"
         )
