@@ -64,6 +64,14 @@ VARIANTS: dict[str, Variant] = {
         "SGD lr 1.0, norm-matched average", kwargs={"outer_lr": 1.0, "rescale_outer": True, **SGD}
     ),
     "fp32": Variant("SGD lr 1.0, fp32 (no int8)", kwargs={"outer_lr": 1.0, "codec": "none", **SGD}),
+    "contig1": Variant(
+        "SGD lr 1.0, contiguous shards (old nodes)",
+        kwargs={"outer_lr": 1.0, "shard_mode": "contiguous", **SGD},
+    ),
+    "contig_paper": Variant(
+        "Nesterov 0.7 / 0.9, contiguous shards (old nodes)",
+        kwargs={"outer_lr": 0.7, "shard_mode": "contiguous"},
+    ),
     "iid1": Variant("SGD lr 1.0, IID shards", kwargs={"outer_lr": 1.0, "shard_mode": "iid", **SGD}),
     "iid2": Variant("SGD lr 2.0, IID shards", kwargs={"outer_lr": 2.0, "shard_mode": "iid", **SGD}),
     "adamavg1": Variant(

@@ -4,8 +4,10 @@ import pytest
 import torch
 
 from shoal.training.data import (
+    SHARD_STRIPE_BYTES,
     VOCAB_SIZE,
     Corpus,
+    _seed_for,
     stdlib_corpus,
     text_corpus,
 )
@@ -40,16 +42,44 @@ def test_batches_are_deterministic_shifted_and_in_vocab(small_corpus: Corpus) ->
     )
 
 
-def test_shards_draw_from_disjoint_slices(small_corpus: Corpus) -> None:
+def test_shards_interleave_in_disjoint_stripes(small_corpus: Corpus) -> None:
+    world, block = 4, 8
+    train = bytes(small_corpus.train.tolist())
+    stripe = SHARD_STRIPE_BYTES
+    n_stripes = len(train) // stripe // world * world
+    assert n_stripes >= 2 * world  # the small corpus really is striped
+    for rank in range(world):
+        own = [train[i * stripe : (i + 1) * stripe] for i in range(rank, n_stripes, world)]
+        others = [
+            train[i * stripe : (i + 1) * stripe] for i in range(n_stripes) if i % world != rank
+        ]
+        x, y = next(small_corpus.batches("train", 256, block, shard=(rank, world)))
+        rows = [bytes([*rx, ry[-1]]) for rx, ry in zip(x.tolist(), y.tolist(), strict=True)]
+        # Every window lies inside one of this peer's stripes...
+        assert all(any(r in s for s in own) for r in rows)
+        # ...and the peer's windows come from all over the split, not one region of it.
+        places = [train.find(r) for r in rows if sum(s.count(r) for s in others) == 0]
+        assert min(places) < len(train) // 4 and max(places) > 3 * len(train) // 4
+    with pytest.raises(ValueError):
+        next(small_corpus.batches("train", 4, 8, shard=(4, 4)))
+    with pytest.raises(ValueError, match="stripe_bytes"):
+        next(small_corpus.batches("train", 4, 8, shard=(0, 4), stripe_bytes=0))
+
+
+def test_contiguous_shards_and_one_peer_sample_as_before(small_corpus: Corpus) -> None:
     world, block = 4, 8
     per = small_corpus.train.numel() // world
     for rank in range(world):
         slice_bytes = bytes(small_corpus.train[rank * per : (rank + 1) * per].tolist())
-        x, y = next(small_corpus.batches("train", 16, block, shard=(rank, world)))
+        stream = small_corpus.batches("train", 16, block, shard=(rank, world), stripe_bytes=None)
+        x, y = next(stream)
         for row_x, row_y in zip(x.tolist(), y.tolist(), strict=True):
             assert bytes([*row_x, row_y[-1]]) in slice_bytes
-    with pytest.raises(ValueError):
-        next(small_corpus.batches("train", 4, 8, shard=(4, 4)))
+    # One peer: windows anywhere in the split, drawn with a single randint per batch.
+    gen = torch.Generator().manual_seed(_seed_for(3, 0))
+    starts = torch.randint(small_corpus.train.numel() - block, (5,), generator=gen)
+    x, _ = next(small_corpus.batches("train", 5, block, seed=3))
+    assert torch.equal(x, small_corpus.train[starts[:, None] + torch.arange(block)].long())
 
 
 def test_eval_batches_are_fixed(small_corpus: Corpus) -> None:

@@ -26,6 +26,10 @@ VOCAB_SIZE = 256  # one token per byte
 STDLIB_MAX_BYTES = 4 * 2**20  # 4 MiB: plenty for a 1M-param model, loads in well under 1 s
 USER_MAX_BYTES = 256 * 2**20  # guard against pointing the loader at a disk image
 HELDOUT_PERCENT = 10
+# Peers' shards interleave in stripes this long (see Corpus.batches), at least this
+# many windows each, so that few windows are lost at stripe edges.
+SHARD_STRIPE_BYTES = 16 * 1024
+MIN_WINDOWS_PER_STRIPE = 16
 # Not "the stdlib's own code": third-party packages and the test suites (which hold
 # odd encodings and generated data).
 STDLIB_SKIP_DIRS = frozenset(
@@ -74,32 +78,50 @@ class Corpus:
         block_size: int,
         seed: int = 0,
         shard: tuple[int, int] = (0, 1),
+        stripe_bytes: int | None = SHARD_STRIPE_BYTES,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Endless (inputs, targets) int64 batches of shape (batch_size, block_size).
 
-        `shard=(rank, world)`: the split is cut into `world` contiguous slices and this
-        peer samples windows from slice `rank` only, with a generator seeded by
-        (seed, rank). Same arguments, same batches, on any machine.
+        `shard=(rank, world)`: the split is cut into stripes of `stripe_bytes` and
+        peer `rank` samples windows only from stripes rank, rank + world, ... (every
+        peer gets the same number; a window never crosses a stripe), with a generator
+        seeded by (seed, rank). Same arguments, same batches, on any machine.
+        `stripe_bytes=None`: one contiguous slice per peer instead. One peer
+        (world 1) samples the whole split either way.
         """
         rank, world = shard
         if not 0 <= rank < world:
             raise ValueError(f"shard {shard}: need 0 <= rank < world")
         if batch_size < 1 or block_size < 1:
             raise ValueError("batch_size and block_size must be >= 1")
+        if stripe_bytes is not None and stripe_bytes < 1:
+            raise ValueError(f"stripe_bytes must be >= 1 or None, got {stripe_bytes}")
         tokens = self.tokens(split)
         per_shard = tokens.numel() // world
-        part = tokens[rank * per_shard : (rank + 1) * per_shard]
-        windows = part.numel() - block_size  # valid start positions (need block + 1 bytes)
+        stripe = per_shard
+        if stripe_bytes is not None and world > 1:
+            # Striped, not contiguous: a corpus read file by file (the stdlib, sorted)
+            # would otherwise give each peer different packages, and averaging
+            # replicas that drifted apart measured 12% worse than IID shards
+            # (docs/BENCHMARKS.md, "DiLoCo outer optimizer in short runs").
+            stripe = min(per_shard, max(stripe_bytes, MIN_WINDOWS_PER_STRIPE * (block_size + 1)))
+        windows = stripe - block_size  # valid start positions (need block + 1 bytes)
         if windows < 1:
             raise ValueError(
-                f"{split} shard {rank}/{world} has {part.numel()} bytes; "
+                f"{split} shard {rank}/{world} has {stripe} bytes per stripe; "
                 f"block_size {block_size} needs more"
             )
+        n_stripes = tokens.numel() // stripe // world * world  # equal shares; tail unused
+        mine = torch.arange(rank, n_stripes, world) * stripe  # start of each own stripe
         gen = torch.Generator().manual_seed(_seed_for(seed, rank))
         offsets = torch.arange(block_size + 1)
         while True:
             starts = torch.randint(windows, (batch_size,), generator=gen)
-            rows = part[starts[:, None] + offsets].long()
+            if mine.numel() > 1:  # one stripe (contiguous, world 1): no draw, same stream
+                starts = starts + mine[torch.randint(mine.numel(), (batch_size,), generator=gen)]
+            else:
+                starts = starts + mine[0]
+            rows = tokens[starts[:, None] + offsets].long()
             yield rows[:, :-1], rows[:, 1:]
 
     def eval_batches(

@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 
 from shoal.compression import ErrorFeedback, get_codec
-from shoal.training.data import Corpus, stdlib_corpus
+from shoal.training.data import SHARD_STRIPE_BYTES, Corpus, stdlib_corpus
 from shoal.training.diloco_math import (
     OuterOptimizer,
     flatten_params,
@@ -41,11 +41,11 @@ class TrainResult:
     bytes_fp32: int = 0  # what bytes_sent would be uncompressed
 
 
-# "contiguous": what real nodes do (`Corpus.batches(shard=(rank, world))`, a contiguous
-# slice of the split per peer: on the stdlib corpus, different packages per peer).
-# "iid": every peer samples the whole split with its own stream (an ablation: how much
-# the heterogeneous shards cost).
-ShardMode = Literal["contiguous", "iid"]
+# "striped": what real nodes do (`Corpus.batches(shard=(rank, world))`: interleaved
+# stripes, so every peer sees all parts of the corpus). Ablations: "contiguous", one
+# slice per peer (on the sorted stdlib corpus: different packages per peer, what nodes
+# did before), and "iid", every peer samples the whole split with its own stream.
+ShardMode = Literal["striped", "contiguous", "iid"]
 # Cap on the norm-matching factor (`rescale_outer`): sqrt(n) is what n orthogonal,
 # equal-norm pseudo-gradients give; more would amplify replicas that disagree.
 MAX_RESCALE_FACTOR_PER_SQRT_PEER = 1.0
@@ -59,12 +59,14 @@ def _peer_stream(
     corpus: Corpus, batch_size: int, block_size: int, seed: int, rank: int, world: int,
     shard_mode: ShardMode,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
-    if shard_mode == "contiguous":
-        return corpus.batches("train", batch_size, block_size, seed=seed, shard=(rank, world))
+    if shard_mode in ("striped", "contiguous"):
+        stripes = SHARD_STRIPE_BYTES if shard_mode == "striped" else None
+        shard = (rank, world)
+        return corpus.batches("train", batch_size, block_size, seed, shard, stripes)
     if shard_mode == "iid":
         # Own seed per peer, whole split: streams differ, distributions do not.
         return corpus.batches("train", batch_size, block_size, seed=seed * 1_000_003 + rank + 1)
-    raise ValueError(f"shard_mode must be 'contiguous' or 'iid', got {shard_mode!r}")
+    raise ValueError(f"shard_mode must be 'striped', 'contiguous' or 'iid', not {shard_mode!r}")
 
 
 @torch.no_grad()
@@ -144,7 +146,7 @@ def simulate_diloco_inprocess(
     codec: str = "int8",
     seed: int = 0,
     eval_batches: int = 8,
-    shard_mode: ShardMode = "contiguous",
+    shard_mode: ShardMode = "striped",
     average_inner_state: bool = False,
     rescale_outer: bool = False,
 ) -> TrainResult:
@@ -155,7 +157,8 @@ def simulate_diloco_inprocess(
     outer optimizer, which every networked peer would hold an identical copy of.
 
     The defaults are what the nodes do. Ablations (docs/BENCHMARKS.md, "DiLoCo outer
-    optimizer in short runs"): `shard_mode="iid"` (peers sample the whole split),
+    optimizer in short runs"): `shard_mode` ("contiguous" slices, or "iid": peers
+    sample the whole split),
     `average_inner_state` (AdamW moments averaged each round), `rescale_outer`
     (the average stretched to the replicas' mean pseudo-gradient norm).
     """
