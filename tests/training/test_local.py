@@ -67,9 +67,10 @@ def test_ablations_run_and_bad_shard_mode_is_refused(small_corpus: Corpus) -> No
     }
     base = simulate_diloco_inprocess(2, rounds=1, inner_steps=2, **kwargs)
     iid = simulate_diloco_inprocess(2, 1, 2, shard_mode="iid", **kwargs)
+    contiguous = simulate_diloco_inprocess(2, 1, 2, shard_mode="contiguous", **kwargs)
     both = simulate_diloco_inprocess(
         2, 1, 2, average_inner_state=True, rescale_outer=True, outer_nesterov=False, **kwargs
     )
-    assert len({base.model_hash, iid.model_hash, both.model_hash}) == 3
+    assert len({base.model_hash, iid.model_hash, contiguous.model_hash, both.model_hash}) == 4
     with pytest.raises(ValueError, match="shard_mode"):
-        simulate_diloco_inprocess(2, 1, 1, shard_mode="striped", **kwargs)  # type: ignore[arg-type]
+        simulate_diloco_inprocess(2, 1, 1, shard_mode="bogus", **kwargs)  # type: ignore[arg-type]
