@@ -44,16 +44,28 @@ FETCH_TIMEOUT_S = 60.0
 
 @dataclass(frozen=True, slots=True)
 class StateRequest(Message):
+    """Ask for the state of ``round`` with ``state_hash`` (-1 / "": the newest held)."""
+
     TYPE: ClassVar[str] = "state.request"
     nonce: bytes
+    round: int = -1
+    state_hash: str = ""
 
     def to_fields(self) -> list[Any]:
-        return [self.nonce]
+        return [self.nonce, self.round, self.state_hash]
 
     @classmethod
     def from_fields(cls, fields: list[Any]) -> Self:
-        expect_len(fields, 1, cls.TYPE)
-        return cls(as_bytes(fields[0], "nonce", NONCE_BYTES, exact=NONCE_BYTES))
+        if len(fields) == 1:  # protocol 1 peers ask for the newest state only
+            return cls(as_bytes(fields[0], "nonce", NONCE_BYTES, exact=NONCE_BYTES))
+        expect_len(fields, 3, cls.TYPE)
+        nonce = as_bytes(fields[0], "nonce", NONCE_BYTES, exact=NONCE_BYTES)
+        rnd, want = fields[1], fields[2]
+        if not isinstance(rnd, int) or isinstance(rnd, bool) or rnd < -1:
+            raise MalformedMessage(f"{cls.TYPE}: bad round {rnd!r}")
+        if not isinstance(want, str) or len(want) not in (0, 64):
+            raise MalformedMessage(f"{cls.TYPE}: bad state hash")
+        return cls(nonce, rnd, want)
 
 
 STATE_MESSAGES: tuple[type[Message], ...] = (StateRequest,)
@@ -71,15 +83,25 @@ def state_hash(data: bytes) -> str:
 
 
 class StateServer:
-    """Serves this peer's latest snapshot and publishes its head (runs on the node loop)."""
+    """Serves this peer's snapshots and publishes its head (runs on the node loop).
+
+    It keeps the previous snapshot besides the latest: a joiner that read our head
+    just before we finished the next round still gets the state it asked for, instead
+    of a stream it must refuse (measured in the chaos suite: a refused fetch cost a
+    joiner 60 s per publisher and left it rounds behind). Costs one more copy of the
+    state in memory.
+    """
 
     def __init__(self, node: Node, run: str) -> None:
         self.node = node
         self.run = run
         self.snapshot: Snapshot | None = None
+        self.previous: Snapshot | None = None
         node.handle_protocol("state", self._on_message)
 
     async def publish(self, snap: Snapshot) -> None:
+        if self.snapshot is not None and self.snapshot.state_hash != snap.state_hash:
+            self.previous = self.snapshot
         self.snapshot = snap
         value = msgpack.packb([snap.round, snap.state_hash])
         await self.node.put(key_for(f"{self.run}/head"), value, ttl_s=HEAD_TTL_S)
@@ -91,6 +113,14 @@ class StateServer:
         if snap is None:
             log.info("state request from %s but no state yet", sender.peer_id.short())
             return
+        prev = self.previous
+        if prev is not None and (prev.round, prev.state_hash) == (msg.round, msg.state_hash):
+            snap = prev
+        elif msg.state_hash and (snap.round, snap.state_hash) != (msg.round, msg.state_hash):
+            log.info(
+                "state request from %s for round %d (%s) no longer held; serving round %d",
+                sender.peer_id.short(), msg.round, msg.state_hash[:12], snap.round,
+            )  # fmt: skip
         tag = f"{STATE_PREFIX}{snap.round}/{snap.state_hash}/{msg.nonce.hex()}"
         self.node.spawn(self._serve(sender, tag, snap))
 
@@ -178,7 +208,7 @@ async def fetch_state(node: Node, run: str, size: int, wait_s: float = 60.0) -> 
         prefix = f"{STATE_PREFIX}{top}/{want}/"
         node.router.register(prefix, rx)
         try:
-            await node.send(Contact(pid, addr), StateRequest(nonce))
+            await node.send(Contact(pid, addr), StateRequest(nonce, top, want))
             rnd, _, data = await asyncio.wait_for(rx.done, FETCH_TIMEOUT_S)
         except (TimeoutError, OSError, Exception) as exc:  # try the next publisher
             log.warning("state fetch from %s failed: %s", pid.short(), exc)
