@@ -45,7 +45,9 @@ class DemoConfig:
     deadline_s: float = 60.0
     # Plain averaging (outer SGD, lr 1, no momentum): in runs this short, measured
     # better than the paper's Nesterov 0.7/0.9, whose momentum needs many rounds to
-    # pay off (docs/BENCHMARKS.md, "DiLoCo outer optimizer").
+    # pay off, and than outer lr 1.5-4 (worse or diverged). With striped data shards
+    # the 4-peer swarm beats one node at equal steps (docs/BENCHMARKS.md, "DiLoCo
+    # outer optimizer in short runs"). H=10 measured better still but needs 3x rounds.
     outer_lr: float = 1.0
     outer_momentum: float = 0.0
     ledger: bool = True  # signed feeds + a dev chain; `shoal verify` checks the result
