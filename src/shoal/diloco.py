@@ -35,6 +35,7 @@ from shoal.compression import ErrorFeedback, get_codec
 from shoal.privacy.settings import DpSettings
 from shoal.rounds.events import GroupFormed, RoundClosed
 from shoal.runtime.background import NodeThread
+from shoal.runtime.node import Node
 from shoal.secagg.group_driver import require_mean
 from shoal.training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from shoal.training.diloco_math import (
@@ -65,6 +66,9 @@ JOIN_WAIT_S = 180.0
 JOIN_POLL_S = 0.5
 # After a round, wait this long for the group's heads before checking we agree.
 HEADS_WAIT_S = 3.0
+# converge(): how long a peer stays after its last round for the live swarm to agree.
+CONVERGE_TIMEOUT_S = 60.0
+CONVERGE_POLL_S = 0.5
 # Phases of DiLoCo.timings: encode (pseudo-gradient + int8), ledger_commit, average
 # (blocking finish: close, grouping, all-reduce), wait_pending (overlap: blocked on the
 # previous round's average), apply (outer step, hash, anchor, publish), catch_up (head
@@ -421,6 +425,29 @@ class DiLoCo:
         finally:
             self.sync_s += time.monotonic() - t0
 
+    def converge(self, timeout_s: float = CONVERGE_TIMEOUT_S) -> bool:
+        """After the last round: stay, serving our state, until every live peer of the
+        run publishes the same head as we do; adopt the swarm's choice if we are
+        outvoted (we averaged alone, or sat on the other side of a partition).
+
+        Without it a straggler whose last group formed without it would end the run on
+        a model of its own once the others had exited (seen in the chaos suite).
+        Bounded: returns False if the live peers still disagree after ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self._catch_up()
+            mine = self._server.snapshot
+            heads = self.node_thread.call(read_heads(self._node, self.run))
+            alive = self.node_thread.call(_alive_ids(self._node))
+            live = {(r, h) for p, r, h in heads if str(p) in alive or p == self._node.peer_id}
+            if mine is not None and live <= {(mine.round, mine.state_hash)}:
+                return True
+            if time.monotonic() > deadline:
+                log.warning("live peers still disagree after %.0f s: %s", timeout_s, sorted(live))
+                return False
+            time.sleep(CONVERGE_POLL_S)
+
     def _begin_round(self, expect: int = 0) -> None:
         self._catch_up(expect)
         snap = self._server.snapshot
@@ -558,6 +585,11 @@ def _settled(fut: concurrent.futures.Future[None], wait: bool = False) -> bool:
     except Exception as exc:
         log.warning("publishing the state head failed: %s", exc)
     return True
+
+
+async def _alive_ids(node: Node) -> set[str]:
+    """Peer ids SWIM holds alive (read on the node's loop, which owns the view)."""
+    return {m["peer_id"] for m in node.peers() if m["state"] == "alive"}
 
 
 def start_node(

@@ -71,7 +71,9 @@ def test_sigkill_mid_round_does_not_stop_the_round(
 def test_late_joiner_syncs_then_takes_part(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
-    demo = DemoConfig(nodes=3, rounds=6, inner_steps=8, out=tmp_path, deadline_s=8)
+    # 10 rounds: on a loaded machine the joiner's start (imports, corpus) took ~15 s,
+    # longer than 4 rounds of this tiny model, and it arrived after the run had ended
+    demo = DemoConfig(nodes=3, rounds=10, inner_steps=8, out=tmp_path, deadline_s=8)
     cfgs = [node_config(demo, 0, [])]
     procs.append(start_node(cfgs[0]))
     boot = wait_contact(cfgs[0].data_dir, procs[0])
@@ -79,7 +81,7 @@ def test_late_joiner_syncs_then_takes_part(
         cfgs.append(node_config(demo, i, [boot]))
         procs.append(start_node(cfgs[i]))
     wait_round(cfgs[0], 2, 180)
-    late = node_config(DemoConfig(nodes=4, rounds=6, inner_steps=8, out=tmp_path), 3, [boot])
+    late = node_config(DemoConfig(nodes=4, rounds=10, inner_steps=8, out=tmp_path), 3, [boot])
     late.deadline_s = 8
     procs.append(start_node(late))
     _wait_exit(procs, 300)

@@ -123,6 +123,8 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
                 line = {"step": opt.local_steps, "round": opt.round, "loss": loss.item()}
                 progress.write(json.dumps(line) + "\n")
                 progress.flush()
+        # stay until the live peers agree on the final state (a straggler adopts it)
+        converged = opt.converge()
         ckpt_dir = cfg.data_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         final_hash = opt.save_checkpoint(ckpt_dir / f"round{opt.round}.safetensors")
@@ -132,6 +134,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             "rounds": opt.round,
             "local_steps": opt.local_steps,
             "final_model_hash": final_hash,
+            "converged": converged,
             "checkpoint": str(ckpt_dir / f"round{opt.round}.safetensors"),
             "history": [h.__dict__ for h in opt.history],
             "bytes_sent": node.transport.bytes_sent,
