@@ -50,7 +50,7 @@ VARIANTS: dict[str, Variant] = {
         "one node, N x batch (sync data-parallel bound)", "single", batch_mult=-1
     ),
     "paper": Variant("Nesterov lr 0.7 / m 0.9 (paper)", kwargs={"outer_lr": 0.7}),
-    "sgd1": Variant("SGD lr 1.0 (old demo)", kwargs={"outer_lr": 1.0, **SGD}),
+    "sgd1": Variant("SGD lr 1.0, no momentum (the demo)", kwargs={"outer_lr": 1.0, **SGD}),
     "sgd1.5": Variant("SGD lr 1.5", kwargs={"outer_lr": 1.5, **SGD}),
     "sgd2": Variant("SGD lr 2.0", kwargs={"outer_lr": 2.0, **SGD}),
     "sgd3": Variant("SGD lr 3.0", kwargs={"outer_lr": 3.0, **SGD}),
@@ -141,6 +141,10 @@ def main() -> None:
         raise SystemExit(f"unknown variants {unknown}; known: {', '.join(VARIANTS)}")
     if "single" not in names:
         names.insert(0, "single")  # the baseline is always measured in the same run
+    steps = args.rounds * args.inner_steps
+    bad = [n for n in names if steps % (VARIANTS[n].inner_steps or args.inner_steps)]
+    if bad:  # checked up front: one failing job would take the whole pool down
+        raise SystemExit(f"{bad}: {steps} steps per peer are not a multiple of their H")
     seeds = [int(s) for s in args.seeds.split(",")]
     common = {
         "peers": args.peers, "rounds": args.rounds, "inner_steps": args.inner_steps,
@@ -156,7 +160,6 @@ def main() -> None:
                      res["final_loss"], res["cpu_s"])  # fmt: skip
             results.append(res)
     base = statistics.median(r["final_loss"] for r in results if r["variant"] == "single")
-    steps = args.rounds * args.inner_steps
     print(
         f"\n{args.peers} peers, {steps} steps per peer ({args.rounds} x H={args.inner_steps}), "
         f"batch {args.batch_size}, inner AdamW lr {args.inner_lr}, codec {args.codec}, "
