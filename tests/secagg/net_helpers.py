@@ -11,22 +11,15 @@ import torch
 from shoal.averaging import AllReduceResult
 from shoal.secagg.group_driver import CollectorRun, MemberRun, secure_average
 from shoal.secagg.transport_host import TransportHost
+from tests.averaging import helpers as averaging_helpers
 
 T = TypeVar("T")
 TIMEOUT_S = 10.0
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 90.0) -> T:
-    """asyncio.run with an overall limit, asserting no task outlives the test body."""
-
-    async def main() -> T:
-        async with asyncio.timeout(timeout):
-            result = await coro
-        leftover = asyncio.all_tasks() - {asyncio.current_task()}
-        assert not leftover, f"tasks left running: {leftover}"
-        return result
-
-    return asyncio.run(main())
+    """The all-reduce tests' bounded asyncio.run, with SecAgg's longer default."""
+    return averaging_helpers.run(coro, timeout)
 
 
 async def hosts(n: int) -> list[TransportHost]:
