@@ -155,6 +155,7 @@ class DiLoCo:
         self.local_steps = 0
         self.round_steps = 0
         self.round_samples = 0
+        self._nominal_samples = 0  # samples of the first inner_steps steps of this round
         self.history: list[RoundLog] = []
         self.sync_s = 0.0  # seconds spent in sync(): waiting, averaging, catching up
         # sync_s by phase (the utilisation benchmark reports where the idle time goes)
@@ -228,6 +229,8 @@ class DiLoCo:
         self.local_steps += 1
         self.round_steps += 1
         self.round_samples += samples
+        if self.round_steps <= self.inner_steps:
+            self._nominal_samples = self.round_samples
         if self._averager.closed(self.compute_round):
             return self.sync()
         if self.overlap:
@@ -239,9 +242,18 @@ class DiLoCo:
         if self.overlap or self.round_steps % PROGRESS_EVERY == 0:
             # a callback on the node's loop, not a task: nothing to wait for or leak
             self.node_thread.call_soon(
-                self._averager.report, self.compute_round, self.round_samples
+                self._averager.report, self.compute_round, self._reportable_samples()
             )
         return None
+
+    def _reportable_samples(self) -> int:
+        """Samples to count toward the swarm's target: with overlap, steps past
+        ``inner_steps`` still train but count no more, so one fast peer cannot close
+        the round alone before the others have announced it (seen: a peer that started
+        first closed round 0 by itself and the two peers never grouped)."""
+        if self.overlap and self.round_steps > self.inner_steps:
+            return self._nominal_samples
+        return self.round_samples
 
     def sync(self) -> RoundLog | None:
         """Average with the swarm now, apply the outer step, and start the next round.
@@ -390,7 +402,7 @@ class DiLoCo:
         self._mark("averaged", c)
         await self._averager.begin(c + 1)
         # the steps of c+1 done while c averaged count now, not at the next report
-        self._averager.report(c + 1, self.round_samples)
+        self._averager.report(c + 1, self._reportable_samples())
         return outcome
 
     def _take_pending(self) -> RoundOutcome | None:
