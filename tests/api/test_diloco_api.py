@@ -9,16 +9,7 @@ import torch
 import shoal
 from shoal.diloco import DiLoCo
 from shoal.training.checkpoint import CheckpointError, load_checkpoint
-
-
-class Regression(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = torch.nn.Linear(8, 1)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.mse_loss(self.lin(x), y)
+from tests.tiny_models import Regression
 
 
 def _train(

@@ -13,6 +13,7 @@ import shoal
 from shoal.diloco import DiLoCo
 from shoal.training.run_config import ConfigError, RunConfig, dump_run_config, load_run_config
 from shoal.training.swarm_averager import SwarmAverager
+from tests.tiny_models import Regression
 
 TOML = """
 [run]
@@ -21,16 +22,6 @@ name = "r"
 [node]
 data_dir = "{d}"
 """
-
-
-class Regression(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = torch.nn.Linear(8, 1)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.mse_loss(self.lin(x), y)
 
 
 def _load(tmp_path: Path, extra: str) -> RunConfig:

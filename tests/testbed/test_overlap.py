@@ -33,6 +33,7 @@ from shoal.runtime.background import NodeThread
 from shoal.training.demo import DemoConfig, ledger_summary, node_config, start_node, wait_contact
 from shoal.training.run_config import RunConfig
 from shoal.training.swarm_averager import RoundOutcome
+from tests.tiny_models import Regression
 
 pytestmark = pytest.mark.slow
 
@@ -117,16 +118,6 @@ def test_overlap_with_ledger_commits_anchors_and_verifies(
     )  # fmt: skip
     assert ok.returncode == 0, ok.stderr + ok.stdout
     assert "VERIFIED" in ok.stdout and "2 signed update commitments match" in ok.stdout
-
-
-class Regression(torch.nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.lin = torch.nn.Linear(8, 1)
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.mse_loss(self.lin(x), y)
 
 
 def _make(node: NodeThread, model: Regression, inner_steps: int) -> DiLoCo:
