@@ -46,6 +46,7 @@ from shoal.training.diloco_math import (
     unflatten_into,
 )
 from shoal.training.state_sync import (
+    Admit,
     Snapshot,
     StateServer,
     choose_head,
@@ -137,6 +138,9 @@ class DiLoCo:
         self.inner = inner_optimizer
         self.run = run
         self.ledger = ledger
+        # with the ledger on, only admitted peers count: in groups, and in head votes
+        # (state sync, catch-up, converge)
+        self._admit: Admit | None = getattr(ledger, "admits", None)
         self.node_thread = node
         self.inner_steps = inner_steps
         self.outer = OuterOptimizer(lr=outer_lr, momentum=outer_momentum)
@@ -188,9 +192,8 @@ class DiLoCo:
         return StateServer(self._node, self.run)
 
     async def _make_averager(self, timeout_s: float) -> SwarmAverager:
-        admit = getattr(self.ledger, "admits", None)  # refuse peers the chain has not admitted
         return SwarmAverager(
-            self._node, self.run, self.compression, timeout_s, admit, self.aggregator,
+            self._node, self.run, self.compression, timeout_s, self._admit, self.aggregator,
             secure_aggregation=self.secure_aggregation,
         )  # fmt: skip
 
@@ -450,7 +453,7 @@ class DiLoCo:
         while True:
             self._catch_up()
             mine = self._server.snapshot
-            heads = self.node_thread.call(read_heads(self._node, self.run))
+            heads = self.node_thread.call(read_heads(self._node, self.run, self._admit))
             alive = self.node_thread.call(_alive_ids(self._node))
             live = {(r, h) for p, r, h in heads if str(p) in alive or p == self._node.peer_id}
             if mine is not None and live <= {(mine.round, mine.state_hash)}:
@@ -487,7 +490,7 @@ class DiLoCo:
         mine = self._server.snapshot
         deadline = time.monotonic() + (HEADS_WAIT_S if expect else 0.0)
         while True:
-            heads = self.node_thread.call(read_heads(self._node, self.run))
+            heads = self.node_thread.call(read_heads(self._node, self.run, self._admit))
             others = [(r, h) for p, r, h in heads if p != self._node.peer_id]
             if sum(r >= self.round for r, _ in others) >= expect or time.monotonic() > deadline:
                 break
@@ -505,7 +508,9 @@ class DiLoCo:
         )
         size = 2 * 4 * self.global_flat.numel()
         try:
-            snap = self.node_thread.call(fetch_state(self._node, self.run, size, wait_s=5.0))
+            snap = self.node_thread.call(
+                fetch_state(self._node, self.run, size, wait_s=5.0, admit=self._admit)
+            )
         except RuntimeError as exc:  # peers gone (run over) or all served bad state
             log.warning("could not resync: %s", exc)
             return False
@@ -522,7 +527,7 @@ class DiLoCo:
         progress was seen, so we wait until the swarm finishes the round it is in,
         then download that state (hash-checked) and start the next round with it.
         """
-        heads = self.node_thread.call(read_heads(self._node, self.run))
+        heads = self.node_thread.call(read_heads(self._node, self.run, self._admit))
         if not heads:
             log.info("no peer has state for run %s yet; starting from this model", self.run)
             return
@@ -531,12 +536,14 @@ class DiLoCo:
         # (so every peer starts from the same model) and train round 0 with the rest.
         deadline = time.monotonic() + (JOIN_WAIT_S if current > 0 else 0.0)
         while time.monotonic() < deadline:
-            heads = self.node_thread.call(read_heads(self._node, self.run))
+            heads = self.node_thread.call(read_heads(self._node, self.run, self._admit))
             if heads and max(r for _, r, _ in heads) > current:
                 break
             time.sleep(JOIN_POLL_S)
         size = 2 * 4 * self.global_flat.numel()
-        snap = self.node_thread.call(fetch_state(self._node, self.run, size, wait_s=5.0))
+        snap = self.node_thread.call(
+            fetch_state(self._node, self.run, size, wait_s=5.0, admit=self._admit)
+        )
         if snap is not None:
             self._load_snapshot(snap)
 

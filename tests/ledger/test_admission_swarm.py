@@ -50,11 +50,17 @@ def test_unadmitted_peer_is_left_out_of_admitted_groups(tmp_path: Path) -> None:
         chain.stop()
     results = [json.loads((d / "result.json").read_text()) for d in dirs[:2]]
     # from its key: node.json is gone once the outsider has exited cleanly
-    outsider_id = str(Identity.load_or_create(dirs[2] / "node.key").peer_id)
+    outsider = Identity.load_or_create(dirs[2] / "node.key").peer_id
+    outsider_id = str(outsider)
     for r in results:
         assert all(h["group_size"] == 2 for h in r["history"]), r["history"]
     logs = "".join((d / "node.log").read_text() for d in dirs[:2])
     assert "not admitted on-chain" in logs
+    # head votes count admitted publishers only: no admitted peer takes the outsider's
+    # state (state sync, catch-up and converge all read heads through the admission check)
+    assert "ignoring heads of peers not admitted on-chain" in logs
+    synced = [line for line in logs.splitlines() if "synced state of round" in line]
+    assert not [line for line in synced if outsider.short() in line], synced
     anchored = sorted({n for r in results for n in r["ledger"]["anchored_rounds"]})
     assert anchored == [0, 1]
     assert outsider_id.startswith("sh1")

@@ -8,8 +8,12 @@ momentum) over a bulk stream tagged ``state/{round}/{hash}/{nonce}``. The joiner
 recomputes the SHA-256 and accepts only an exact match, trying the next publisher
 otherwise.
 
-Weakness: a majority of lying publishers at the top round could feed a joiner a bad
-state; the ledger's anchored round hashes are the intended fix.
+With the ledger on, only heads published by peers the chain admitted to the run
+count (``admit``): an outsider that reaches the DHT cannot win the vote and hand
+admitted peers its state.
+
+Weakness: a majority of lying admitted publishers at the top round could feed a
+joiner a bad state; the ledger's anchored round hashes are the intended fix.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Self
 
@@ -157,7 +161,16 @@ class _Receiver:
         log.warning("state stream from %s failed: %s", sender.peer_id.short(), reason)
 
 
-async def read_heads(node: Node, run: str) -> list[tuple[PeerId, int, str]]:
+Admit = Callable[[PeerId], bool]
+MAX_WARNED = 1024  # bounds the memory an outsider flood can cost the warn-once set
+_warned_unadmitted: set[PeerId] = set()
+
+
+async def read_heads(
+    node: Node, run: str, admit: Admit | None = None
+) -> list[tuple[PeerId, int, str]]:
+    """Every well-formed ``[round, hash]`` head of ``run``, from admitted publishers
+    only when ``admit`` is given (it may block on the chain, so it runs off the loop)."""
     recs = await node.get(key_for(f"{run}/head"))
     heads = []
     for r in recs:
@@ -169,7 +182,18 @@ async def read_heads(node: Node, run: str) -> list[tuple[PeerId, int, str]]:
             log.warning("ignoring malformed head from %s: %s", r.publisher.short(), exc)
             continue
         heads.append((r.publisher, rnd, h))
-    return heads
+    if admit is None or not heads:
+        return heads
+    ok = await asyncio.to_thread(lambda: [admit(p) for p, _, _ in heads])
+    refused = {p for (p, _, _), good in zip(heads, ok, strict=True) if not good}
+    new = refused - _warned_unadmitted
+    if new and len(_warned_unadmitted) < MAX_WARNED:  # once per peer: heads are polled
+        _warned_unadmitted.update(new)
+        log.warning(
+            "ignoring heads of peers not admitted on-chain: %s",
+            ", ".join(sorted(p.short() for p in new)),
+        )
+    return [head for head, good in zip(heads, ok, strict=True) if good]
 
 
 def choose_head(hashes: Iterable[str]) -> str:
@@ -184,12 +208,14 @@ def choose_head(hashes: Iterable[str]) -> str:
     return best
 
 
-async def fetch_state(node: Node, run: str, size: int, wait_s: float = 60.0) -> Snapshot | None:
+async def fetch_state(
+    node: Node, run: str, size: int, wait_s: float = 60.0, admit: Admit | None = None
+) -> Snapshot | None:
     """Download and verify the swarm's latest state; None if no peer has one yet."""
     deadline = time.monotonic() + wait_s
     heads: list[tuple[PeerId, int, str]] = []
     while time.monotonic() < deadline:
-        heads = await read_heads(node, run)
+        heads = await read_heads(node, run, admit)
         if heads:
             break
         await asyncio.sleep(1.0)
