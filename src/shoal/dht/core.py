@@ -265,9 +265,10 @@ class DhtCore:
         records: list[SignedRecord] = []
         budget = VALUE_REPLY_BUDGET_BYTES
         for rec in self.store.get(msg.key, now):
-            if rec.size > budget or len(records) >= MAX_LIST_ITEMS:
+            size = rec.size
+            if size > budget or len(records) >= MAX_LIST_ITEMS:
                 break
-            budget -= rec.size
+            budget -= size
             records.append(rec)
         near = self.table.closest(
             int.from_bytes(msg.key, "big"), self.config.k, exclude=sender.peer_id

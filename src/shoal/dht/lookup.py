@@ -94,16 +94,18 @@ class Lookup:
 
     def _learn(self, contacts: list[Contact] | tuple[Contact, ...], depth: int) -> None:
         by_dist, order, target = self._by_dist, self._order, self.target
+        excluded, failed, most = self._excluded, self._failed, self.max_candidates
         for c in contacts:
             dist = c.peer_id.dht_key ^ target
-            if dist == self._excluded or dist in self._failed:
-                continue
             known = by_dist.get(dist)
             if known is not None:
+                # Known candidates are never failed or excluded: both are kept out.
                 if depth < known.depth:
                     known.depth = depth
                 continue
-            if len(order) >= self.max_candidates and dist > order[-1]:
+            if dist == excluded or dist in failed:
+                continue
+            if len(order) >= most and dist > order[-1]:
                 continue
             by_dist[dist] = Candidate(c, dist, depth)
             insort(order, dist)

@@ -191,6 +191,7 @@ class RecordStore:
         "_by_key",
         "_heap",
         "_records",
+        "_sorted",
         "max_bytes",
         "max_keys",
         "max_per_key",
@@ -211,6 +212,10 @@ class RecordStore:
         # key -> publisher raw -> record. Dicts keep insertion order, so iteration is
         # deterministic.
         self._by_key: dict[bytes, dict[bytes, SignedRecord]] = {}
+        # key -> its records ordered by publisher, built on the first ``get`` after a
+        # change: every FIND_VALUE is answered from here, and a key is read far more
+        # often than it is written.
+        self._sorted: dict[bytes, list[SignedRecord]] = {}
         # (expires_at, key, publisher raw) with lazy deletion; rebuilt when it grows
         # well past the live record count, so replaced records cannot bloat it.
         self._heap: list[tuple[float, bytes, bytes]] = []
@@ -227,10 +232,13 @@ class RecordStore:
 
     def get(self, key: bytes, now: float) -> list[SignedRecord]:
         """Unexpired records under ``key``, ordered by publisher."""
-        held = self._by_key.get(key)
-        if not held:
-            return []
-        return [held[p] for p in sorted(held) if held[p].expires_at > now]
+        ordered = self._sorted.get(key)
+        if ordered is None:
+            held = self._by_key.get(key)
+            if not held:
+                return []
+            ordered = self._sorted[key] = [held[p] for p in sorted(held)]
+        return [r for r in ordered if r.expires_at > now]
 
     def put(self, record: SignedRecord, now: float) -> bool:
         """Validate and hold ``record``. True if stored; False if an identical copy is
@@ -252,6 +260,7 @@ class RecordStore:
             self._discard(record.key, pub)
         bucket = self._by_key.setdefault(record.key, {})
         bucket[pub] = record
+        self._sorted.pop(record.key, None)
         self._records += 1
         self.total_bytes += record.size
         heapq.heappush(self._heap, (record.expires_at, record.key, pub))
@@ -289,6 +298,7 @@ class RecordStore:
     def _discard(self, key: bytes, pub: bytes) -> None:
         held = self._by_key[key]
         rec = held.pop(pub)
+        self._sorted.pop(key, None)
         self._records -= 1
         self.total_bytes -= rec.size
         if not held:

@@ -20,6 +20,12 @@ from shoal.wire.contact import Contact
 
 KEY_BITS = 256
 
+# ``closest`` answers are kept for this many (target, n) pairs until the set of live
+# contacts changes. A holder is asked about the same few keys over and over (every
+# peer polling a key's records asks the same ~k holders), and recency updates, the
+# commonest change to a table, do not change which contacts are nearest.
+CLOSEST_CACHE_ENTRIES = 8
+
 
 class AddResult(Enum):
     ADDED = "added"  # a new contact entered the table
@@ -48,7 +54,7 @@ class _Bucket:
 
 
 class RoutingTable:
-    __slots__ = ("_buckets", "_count", "k", "max_fails", "self_key")
+    __slots__ = ("_buckets", "_closest", "_count", "_desc", "k", "max_fails", "self_key")
 
     def __init__(self, self_key: int, k: int, max_fails: int = 3) -> None:
         if k < 1:
@@ -57,6 +63,11 @@ class RoutingTable:
         self.k = k
         self.max_fails = max_fails
         self._buckets: dict[int, _Bucket] = {}
+        # Bucket indices, highest first; rebuilt only when a bucket appears or goes,
+        # so ``closest`` (every lookup step and every reply) does not sort them.
+        self._desc: list[int] = []
+        # (target, n) -> the n + 1 nearest live contacts (one spare for ``exclude``)
+        self._closest: dict[tuple[int, int], list[Contact]] = {}
         self._count = 0
 
     # -- queries ---------------------------------------------------------------------
@@ -101,18 +112,32 @@ class RoutingTable:
         """
         if n <= 0:
             return []
+        cache = self._closest
+        near = cache.get((target, n))
+        if near is None:
+            near = self._nearest(target, n + 1)
+            if len(cache) >= CLOSEST_CACHE_ENTRIES:
+                del cache[next(iter(cache))]
+            cache[(target, n)] = near
+        if exclude is None:
+            return near[:n]
+        skip = exclude.dht_key
+        return [c for c in near if c.peer_id.dht_key != skip][:n]
+
+    def _nearest(self, target: int, n: int) -> list[Contact]:
         d = self.self_key ^ target
-        order = sorted(self._buckets, key=lambda i: (0, -i) if (d >> i) & 1 else (1, i))
-        skip = exclude.dht_key if exclude is not None else -1
+        desc = self._desc
+        order = [i for i in desc if (d >> i) & 1]
+        order += [i for i in reversed(desc) if not (d >> i) & 1]
+        buckets = self._buckets
         out: list[Contact] = []
         for i in order:
-            live = self._buckets[i].live
+            live = buckets[i].live
             if not live:
                 continue
-            ranked = sorted(live.values(), key=lambda e: e.key ^ target)
-            for e in ranked:
-                if e.key == skip:
-                    continue
+            # (distance, entry): keys are distinct, so entries are never compared.
+            ranked = sorted([(e.key ^ target, e) for e in live.values()])
+            for _, e in ranked:
                 out.append(e.contact)
                 if len(out) >= n:
                     return out
@@ -142,9 +167,12 @@ class RoutingTable:
         b = self._buckets.get(idx)
         if b is None:
             b = self._buckets[idx] = _Bucket()
+            self._desc = sorted(self._buckets, reverse=True)
         pid = contact.peer_id
         e = b.live.pop(pid, None)
         if e is not None:
+            if e.contact is not contact and e.contact != contact:
+                self._closest.clear()  # the address changed
             e.contact = contact  # the address may have changed
             e.fails = 0
             e.last_seen = now
@@ -154,6 +182,7 @@ class RoutingTable:
             b.cache.pop(pid, None)
             b.live[pid] = _Entry(contact, now)
             self._count += 1
+            self._closest.clear()
             return AddResult.ADDED
         c = b.cache.pop(pid, None)
         if c is None:
@@ -204,11 +233,13 @@ class RoutingTable:
         promoted = self._evict(b, peer_id) if peer_id in b.live else None
         if not b.live and not b.cache:
             del self._buckets[idx]
+            self._desc = sorted(self._buckets, reverse=True)
         return promoted
 
     def _evict(self, b: _Bucket, peer_id: PeerId) -> Contact | None:
         del b.live[peer_id]
         self._count -= 1
+        self._closest.clear()
         if not b.cache:
             return None
         # The most recently seen replacement is the likeliest to still be up.

@@ -40,7 +40,7 @@ from shoal.rounds import (
     RoundConfig,
     RoundDone,
 )
-from shoal.sim.engine import Simulator, sim_addr
+from shoal.sim.engine import Simulator, sim_addr, simulation_gc
 from shoal.sim.network import NetworkModel
 from shoal.sim.verify_cache import cached_signature_checks
 from shoal.wire.contact import Contact
@@ -193,13 +193,13 @@ class RoundsScenario:
                 self.started[(index, ev.round_no + 1)] = now
 
     def run(self) -> dict[str, Any]:
-        with cached_signature_checks() as checks:
-            report = self._run()
+        with cached_signature_checks() as checks, simulation_gc() as freeze_gc:
+            report = self._run(freeze_gc)
         report["signature_checks"] = checks.checks
         report["signature_checks_asked"] = checks.calls
         return report
 
-    def _run(self) -> dict[str, Any]:
+    def _run(self, freeze_gc: Callable[[], None] = lambda: None) -> dict[str, Any]:
         cfg, sim = self.cfg, self.sim
         t_wall = time.perf_counter()
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -236,6 +236,7 @@ class RoundsScenario:
             if i % 100 == 0:
                 self.progress("joining", i, n)
         sim.run_until(sim.now + cfg.settle_s)
+        freeze_gc()  # the joined swarm lives until the end: stop walking it
         self.join_wall_s = time.perf_counter() - t_wall
 
         # rounds
