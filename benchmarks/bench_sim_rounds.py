@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
 import time
 
@@ -39,7 +40,13 @@ class _Progress:
         now = time.perf_counter()
         if now - self.last >= 30.0 or done == total:
             self.last = now
-            print(f"# {phase} {done}/{total} at {now - self.t0:.0f}s wall", file=sys.stderr)
+            ru = resource.getrusage(resource.RUSAGE_SELF)
+            print(
+                f"# {phase} {done}/{total} at {now - self.t0:.0f}s wall, "
+                f"{ru.ru_utime + ru.ru_stime:.0f}s CPU, {ru.ru_maxrss / 1024:.0f} MiB",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def main() -> None:

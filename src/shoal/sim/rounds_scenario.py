@@ -247,7 +247,11 @@ class RoundsScenario:
             sim.apply(i, self.peers[i].begin(t0, 0))
         k = int(n * cfg.dead_fraction)
         victims = sorted(self.rng.sample(range(n), k)) if k else []
-        sim.run_until(t0 + cfg.target_round_s / 2)
+        crash_at = t0 + cfg.target_round_s / 2
+        # In steps, to report progress; the events and their order are the same.
+        while sim.now < crash_at:
+            sim.run_until(min(crash_at, sim.now + 5.0))
+            self.progress(f"round 0 before the crash, t={sim.now - t0:.0f}s", 0, n)
         for v in victims:
             self.dead.add(v)
             self._dead_ids.add(sim.contacts[v].peer_id)
@@ -257,7 +261,7 @@ class RoundsScenario:
         while sim.now < limit:
             sim.run_until(sim.now + 5.0)
             finished = sum(1 for i in live if (i, cfg.rounds - 1) in self.done)
-            self.progress("rounds", finished, len(live))
+            self.progress(f"rounds, t={sim.now - t0:.0f}s", finished, len(live))
             if finished == len(live):
                 break
         return self._report(live, t_wall, t0)
