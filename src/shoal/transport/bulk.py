@@ -1,15 +1,24 @@
-"""Bulk streams: big byte buffers (tensors) over a dedicated authenticated connection.
+"""Bulk streams: big byte buffers (tensors) over dedicated authenticated connections.
 
-Each stream gets its own TCP connection whose handshake says purpose=bulk. The data
-phase runs in a worker thread on a blocking socket: AES-GCM and socket calls release
-the GIL, so the event loop stays responsive and the stream runs near line rate.
-Records (see channel.py) on a bulk connection, sender S and receiver R::
+Bulk streams run on their own TCP connections, whose handshake says purpose=bulk, one
+stream at a time per connection. The data phase runs in a worker thread on a
+blocking socket: AES-GCM and socket calls release the GIL, so the event loop stays
+responsive and the stream runs near line rate. Records (see channel.py) on a bulk
+connection, sender S and receiver R::
 
     S->R  BULK_HEADER  u64 size | utf-8 tag (<= MAX_STRING_BYTES)
     R->S  BULK_ACCEPT  (empty)        or BULK_ABORT reason, then close
     S->R  BULK_DATA    <= BULK_CHUNK_BYTES stream bytes, repeated, in order
     S->R  BULK_END     (empty)
-    R->S  BULK_DONE    (empty)        or BULK_ABORT reason, then close
+    R->S  BULK_DONE    (empty) or KEEP_OPEN,   or BULK_ABORT reason, then close
+
+A DONE carrying KEEP_OPEN says the receiver waits (up to BULK_RECEIVER_IDLE_S) for
+the next stream's HEADER on the same connection; the sender may reuse it for up to
+BULK_IDLE_S. The keys and nonce counters simply continue, so a reused connection is
+exactly as authenticated and encrypted as a fresh one; it saves the handshake (two
+signatures, two verifications, X25519) and three round trips per stream, which at a
+few dozen streams per all-reduce cost more CPU than encrypting the data
+(docs/BENCHMARKS.md). An empty DONE means the receiver closes; any failure closes.
 
 The receiver's accept handler returns a writable buffer of exactly ``size`` bytes
 (or None to refuse); each DATA record is decrypted straight into its slice of that
@@ -57,6 +66,15 @@ from shoal.wire.limits import (
 )
 
 BULK_IO_TIMEOUT_S = 30.0
+# A sender reuses an idle bulk connection for at most BULK_IDLE_S; the receiver waits
+# twice as long for the next header, so normally the sender is the one that closes
+# (a receiver closing first only costs the sender one redial, see StaleBulkConnection).
+BULK_IDLE_S = 30.0
+BULK_RECEIVER_IDLE_S = 2 * BULK_IDLE_S
+# Kept (reusable) bulk connections per peer, on each side: an all-reduce needs ~2 per
+# member pair at once; the cap bounds what an authenticated peer can make us hold.
+MAX_KEPT_BULK_PER_PEER = 4
+KEEP_OPEN = b"\x01"  # BULK_DONE payload: the receiver keeps the connection for another stream
 _SIZE = struct.Struct(">Q")
 MAX_CONTROL_PAYLOAD = _SIZE.size + MAX_STRING_BYTES  # largest header / abort reason
 
@@ -112,6 +130,11 @@ def receive_buffer(buf: object, size: int) -> memoryview:
     return v
 
 
+class StaleBulkConnection(BulkStreamError):
+    """A kept connection broke before the receiver accepted the stream (the receiver
+    closed it while idle): nothing was delivered, so the sender redials once."""
+
+
 class BlockingRecords:
     """Reads records from a blocking socket, starting with already-received bytes."""
 
@@ -132,6 +155,10 @@ class BlockingRecords:
                 raise EOFError
             got += n
             self.bytes_received += n
+
+    def leftover(self) -> bytes:
+        """Bytes received past the last record read (the next record's start)."""
+        return bytes(self._prefix)
 
     def read_header(self) -> tuple[int, int]:
         """(frame length, record type) of the next record."""
@@ -155,7 +182,9 @@ class BulkClient:
     """Blocking sender side of one bulk stream. Runs in a worker thread.
 
     ``send_stream`` is the whole protocol; the step methods (connect, announce,
-    send_chunk, finish) exist so tests can play a misbehaving sender.
+    send_chunk, finish) exist so tests can play a misbehaving sender. After a stream
+    whose DONE said KEEP_OPEN, ``reusable`` is True and the socket stays open for the
+    next ``send_stream`` (the Transport keeps such clients per peer).
     """
 
     def __init__(self, signer: Signer, listen_addr: str, to: Contact) -> None:
@@ -171,12 +200,35 @@ class BulkClient:
         self._out = bytearray()
         self.bytes_sent = 0
         self._hs_received = 0
+        self._counted = (0, 0)  # (sent, received) already handed out by take_counts
         self.result: HandshakeResult | None = None
+        self.reusable = False
+        self.last_used = 0.0  # loop time it went idle (set by the Transport)
 
     @property
     def bytes_received(self) -> int:
         stream = self._records.bytes_received if self._records is not None else 0
         return self._hs_received + stream
+
+    @property
+    def connected(self) -> bool:
+        return self._records is not None and not self._aborted
+
+    def take_counts(self) -> tuple[int, int]:
+        """(bytes sent, bytes received) since the previous call."""
+        sent, received = self.bytes_sent, self.bytes_received
+        out = (sent - self._counted[0], received - self._counted[1])
+        self._counted = (sent, received)
+        return out
+
+    def has_room(self, size: int) -> bool:
+        """Whether a ``size``-byte stream fits under this connection's key limits."""
+        if self._sealer is None or self._opener is None:
+            return False
+        records = -(-size // BULK_CHUNK_BYTES) + 2  # HEADER, DATA..., END
+        return self._sealer.has_room(records, size + MAX_CONTROL_PAYLOAD) and (
+            self._opener.has_room(2, MAX_CONTROL_PAYLOAD)  # ACCEPT, DONE
+        )
 
     def abort(self) -> None:
         """Thread-safe: make the worker's socket calls fail now."""
@@ -188,6 +240,8 @@ class BulkClient:
 
     def close(self) -> None:
         with self._lock:
+            self.reusable = False
+            self._records = None
             if self._sock is not None:
                 self._sock.close()
 
@@ -294,20 +348,39 @@ class BulkClient:
             )
         if rtype != RecordType.BULK_DONE:
             raise ProtocolViolation(f"expected BULK_DONE, got record type {rtype}")
+        if payload not in (b"", KEEP_OPEN):
+            raise ProtocolViolation(f"BULK_DONE with a {len(payload)}-byte payload")
+        self.reusable = payload == KEEP_OPEN
 
     def send_stream(self, tag: str, views: Sequence[memoryview]) -> None:
-        """The whole sender protocol; closes the socket when done."""
+        """The whole sender protocol, on a new connection or, when ``connected``, on a
+        kept one. The socket stays open only if the receiver said KEEP_OPEN; raises
+        StaleBulkConnection if a kept connection fails before the stream is accepted."""
         size = sum(len(v) for v in views)
+        reused = self.connected
+        self.reusable = False
+        done = False
         try:
-            self.connect()
+            if not reused:
+                self.connect()
+            try:
+                with self._io():
+                    self._announce(tag, size)
+            except (BulkRejected, ProtocolViolation):
+                raise
+            except TransportError as exc:
+                if reused and not self._aborted:
+                    raise StaleBulkConnection(f"kept bulk connection broke: {exc}") from exc
+                raise
             with self._io():
-                self._announce(tag, size)
                 for v in views:
                     for off in range(0, len(v), BULK_CHUNK_BYTES):
                         self._send_chunk(v[off : off + BULK_CHUNK_BYTES])
                 self._finish()
+            done = True
         finally:
-            self.close()
+            if not (done and self.reusable):
+                self.close()
 
     def _explain(self, exc: BaseException) -> TransportError:
         """Turn a socket failure into the receiver's ABORT reason when it sent one."""
@@ -338,11 +411,13 @@ def receive_stream(
     opener: RecordOpener,
     sealer: RecordSealer,
     out: memoryview,
+    keep: bool = False,
 ) -> int:
     """Receiver data phase (worker thread, blocking socket): fill ``out`` exactly.
 
-    Returns bytes sent (the DONE record). Raises BulkStreamError / ProtocolViolation /
-    ChannelError; the caller then sends ABORT (best effort) and closes.
+    Returns bytes sent (the DONE record, saying KEEP_OPEN if ``keep``). Raises
+    BulkStreamError / ProtocolViolation / ChannelError; the caller then sends ABORT
+    (best effort) and closes.
     """
     size = len(out)
     offset = 0
@@ -372,7 +447,7 @@ def receive_stream(
                     raise BulkStreamError(
                         f"sender ended the stream after {offset} of {size} announced bytes"
                     )
-                done = sealer.seal(RecordType.BULK_DONE, b"")
+                done = sealer.seal(RecordType.BULK_DONE, KEEP_OPEN if keep else b"")
                 sock.sendall(done)
                 return len(done)
             else:
@@ -390,20 +465,27 @@ def receive_stream(
 
 
 async def read_control_async(
-    sock: socket.socket, prefix: bytes, opener: RecordOpener
-) -> tuple[int, bytes, bytes]:
-    """Read one control record from a non-blocking socket: (type, payload, leftover)."""
+    sock: socket.socket, prefix: bytes, opener: RecordOpener, *, eof_ok: bool = False
+) -> tuple[int, bytes, bytes] | None:
+    """Read one control record from a non-blocking socket: (type, payload, leftover).
+
+    With ``eof_ok`` (a kept connection between streams) a clean close before the first
+    byte returns None; a close part-way through a record is an error either way."""
     loop = asyncio.get_running_loop()
     buf = bytearray(prefix)
 
-    async def fill(n: int) -> None:
+    async def fill(n: int) -> bool:
         while len(buf) < n:
             data = await loop.sock_recv(sock, n - len(buf))
             if not data:
+                if eof_ok and not buf:
+                    return False
                 raise BulkStreamError("sender closed the connection before the bulk header")
             buf.extend(data)
+        return True
 
-    await fill(RECORD_HEADER.size)
+    if not await fill(RECORD_HEADER.size):
+        return None
     length, rtype = RECORD_HEADER.unpack_from(buf)
     if length < 1 + TAG_BYTES or length > 1 + MAX_CONTROL_PAYLOAD + TAG_BYTES:
         raise ProtocolViolation(f"control record of {length} bytes")

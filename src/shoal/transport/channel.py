@@ -63,6 +63,15 @@ class _Direction:
         self._dead: str | None = None
         self.records = 0
 
+    def has_room(self, records: int, nbytes: int) -> bool:
+        """Whether ``records`` more records carrying ``nbytes`` fit under the key's limits
+        (a reused bulk connection checks this before a stream, not halfway through)."""
+        return (
+            self._dead is None
+            and self._counter + records <= MAX_RECORDS
+            and self._bytes + nbytes <= MAX_BYTES
+        )
+
     def _next_nonce(self, n: int) -> bytes:
         if self._dead is not None:
             raise BadRecord(f"channel is closed: {self._dead}")

@@ -5,14 +5,17 @@ with the handshake (handshake.py), which proves both ends hold the Ed25519 keys 
 their PeerIds; after it, records are AES-256-GCM (channel.py). Message connections
 (connection.py) are shared by both directions: ``send`` reuses any live connection
 to the PeerId, inbound or outbound, and concurrent sends to a new peer share one
-dial. Bulk streams (bulk.py) get a dedicated connection each and run in a worker
-thread.
+dial. Bulk streams (bulk.py) run on dedicated bulk connections, one stream at a
+time each, in a worker thread; a connection whose receiver said KEEP_OPEN is kept
+(at most MAX_KEPT_BULK_PER_PEER per peer, for BULK_IDLE_S) and reused for the next
+stream to that peer, with no new handshake.
 
-Limits: handshaking + established + bulk connections never exceed
-``max_connections``. At the limit the least recently used idle message connection is
-evicted (closed gracefully; the peer redials when it next sends); if none is idle an
-inbound connection is refused at accept and a dial raises TooManyConnections. A
-handshake has HANDSHAKE_TIMEOUT_S to finish.
+Limits: handshaking + established + bulk connections (streaming or kept idle) never
+exceed ``max_connections``. At the limit an idle kept bulk connection is closed
+first, then the least recently used idle message connection (closed gracefully; the
+peer redials when it next sends); if none is idle an inbound connection is refused
+at accept and a dial raises TooManyConnections. A handshake has HANDSHAKE_TIMEOUT_S
+to finish.
 
 Concurrency: every task the Transport starts is tracked and awaited by ``aclose``;
 worker threads are stopped by shutting their sockets down and are waited for too.
@@ -31,12 +34,16 @@ from typing import Any, TypeVar
 
 from shoal.identity.keys import Identity, PeerId
 from shoal.transport.bulk import (
+    BULK_IDLE_S,
     BULK_IO_TIMEOUT_S,
+    BULK_RECEIVER_IDLE_S,
+    MAX_KEPT_BULK_PER_PEER,
     BlockingRecords,
     BulkAccept,
     BulkClient,
     BulkComplete,
     BulkFailed,
+    StaleBulkConnection,
     as_byte_views,
     check_tag,
     decode_header,
@@ -121,6 +128,12 @@ class Transport:
         self._bulk_active = 0
         self._bulk_clients: set[BulkClient] = set()
         self._bulk_socks: set[socket.socket] = set()
+        # Kept bulk connections: ours, idle, by (peer, address), most recent last; and
+        # inbound ones waiting for their next stream (socket -> loop time it went idle),
+        # with how many inbound connections each peer has us keeping.
+        self._bulk_idle: dict[tuple[PeerId, str], list[BulkClient]] = {}
+        self._bulk_waiting: dict[socket.socket, float] = {}
+        self._bulk_kept_in: dict[PeerId, int] = {}
         self._bulk_futures: set[asyncio.Future[Any]] = set()
         self._executor: ThreadPoolExecutor | None = None
         self._bulk_accept: BulkAccept | None = None
@@ -157,6 +170,11 @@ class Transport:
     @property
     def bulk_stream_count(self) -> int:
         return self._bulk_active
+
+    @property
+    def kept_bulk_count(self) -> int:
+        """Idle bulk connections kept for reuse: ours to peers, and peers' to us."""
+        return self._kept_bulk_count()
 
     # ------------------------------------------------------------------- control
 
@@ -209,6 +227,10 @@ class Transport:
         self._closed = True
         for client in list(self._bulk_clients):
             client.abort()
+        for idle in self._bulk_idle.values():
+            for client in idle:
+                client.close()
+        self._bulk_idle.clear()
         for sock in list(self._bulk_socks):
             _shutdown(sock)
         for conn in list(self._conns):
@@ -420,38 +442,169 @@ class Transport:
         if size > MAX_STREAM_BYTES:
             raise ValueError(f"bulk stream of {size} bytes exceeds {MAX_STREAM_BYTES}")
         check_tag(tag)
-        if not self._make_room():
-            raise TooManyConnections(f"{self._max} connections busy; cannot stream to {to}")
-        client = BulkClient(self._identity, self._listen_addr, to)
-        self._bulk_active += 1
-        self._bulk_clients.add(client)
-        try:
-            fut = self._run_in_thread(client.send_stream, tag, views)
+        for attempt in range(2):
+            # A kept connection first; a fresh one if there is none or it went stale.
+            client = self._kept_bulk_client(to, size) if attempt == 0 else None
+            reused = client is not None
+            if client is None:
+                if not self._make_room():
+                    raise TooManyConnections(f"{self._max} connections busy; cannot stream to {to}")
+                client = BulkClient(self._identity, self._listen_addr, to)
+            self._bulk_active += 1
+            self._bulk_clients.add(client)
+            keep = False
             try:
-                await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                client.abort()
-                await asyncio.wait([fut])
-                raise
-        finally:
-            self._bulk_active -= 1
-            self._bulk_clients.discard(client)
-            self._counters.bytes_sent += client.bytes_sent
-            self._counters.bytes_received += client.bytes_received
+                fut = self._run_in_thread(client.send_stream, tag, views)
+                try:
+                    await asyncio.shield(fut)
+                except asyncio.CancelledError:
+                    client.abort()
+                    await asyncio.wait([fut])
+                    raise
+                keep = client.reusable
+                return
+            except StaleBulkConnection as exc:
+                if not reused:
+                    raise
+                log.debug("kept bulk connection to %s was stale (%s); redialling", to, exc)
+                self._drop_kept_bulk(to)  # the peer probably closed them all
+            finally:
+                self._bulk_active -= 1
+                self._bulk_clients.discard(client)
+                sent, received = client.take_counts()
+                self._counters.bytes_sent += sent
+                self._counters.bytes_received += received
+                if keep and not self._closed:
+                    self._keep_bulk(to, client)
+                else:
+                    client.close()
+
+    def _kept_bulk_client(self, to: Contact, size: int) -> BulkClient | None:
+        """The most recently used kept connection to ``to`` that is still fresh."""
+        self._expire_kept_bulk()
+        idle = self._bulk_idle.get((to.peer_id, to.addr))
+        while idle:
+            client = idle.pop()
+            if client.has_room(size):
+                return client
+            client.close()  # its keys are nearly used up: a new dial gets fresh ones
+        return None
+
+    def _keep_bulk(self, to: Contact, client: BulkClient) -> None:
+        client.last_used = asyncio.get_running_loop().time()
+        idle = self._bulk_idle.setdefault((to.peer_id, to.addr), [])
+        if len(idle) >= MAX_KEPT_BULK_PER_PEER:
+            client.close()
+        else:
+            idle.append(client)
+
+    def _drop_kept_bulk(self, to: Contact) -> None:
+        for client in self._bulk_idle.pop((to.peer_id, to.addr), []):
+            client.close()
+
+    def _expire_kept_bulk(self) -> None:
+        """Close our kept connections idle for BULK_IDLE_S or longer."""
+        cutoff = asyncio.get_running_loop().time() - BULK_IDLE_S
+        for key in list(self._bulk_idle):
+            idle = self._bulk_idle[key]
+            while idle and idle[0].last_used <= cutoff:
+                idle.pop(0).close()
+            if not idle:
+                del self._bulk_idle[key]
+
+    def _kept_bulk_count(self) -> int:
+        return sum(len(idle) for idle in self._bulk_idle.values()) + len(self._bulk_waiting)
+
+    def _evict_kept_bulk(self) -> bool:
+        """Close the longest-idle kept bulk connection, ours or inbound; False if none."""
+        oldest: tuple[float, tuple[PeerId, str]] | None = None
+        for key, idle in self._bulk_idle.items():
+            if idle and (oldest is None or idle[0].last_used < oldest[0]):
+                oldest = (idle[0].last_used, key)
+        waiting = min(self._bulk_waiting.items(), key=lambda kv: kv[1], default=None)
+        if waiting is not None and (oldest is None or waiting[1] < oldest[0]):
+            del self._bulk_waiting[waiting[0]]
+            _shutdown(waiting[0])  # its reader sees EOF and closes it
+            return True
+        if oldest is None:
+            return False
+        idle = self._bulk_idle[oldest[1]]
+        idle.pop(0).close()
+        if not idle:
+            del self._bulk_idle[oldest[1]]
+        return True
 
     async def _serve_bulk(
         self, sock: socket.socket, result: HandshakeResult, peer: Contact
     ) -> None:
-        loop = asyncio.get_running_loop()
+        """Serve the streams of one inbound bulk connection, one after another."""
+        pid = peer.peer_id
+        # Keep it for further streams unless this peer already has its share kept.
+        keep = self._bulk_kept_in.get(pid, 0) < MAX_KEPT_BULK_PER_PEER
+        if keep:
+            self._bulk_kept_in[pid] = self._bulk_kept_in.get(pid, 0) + 1
         opener = RecordOpener(result.recv_key)
         sealer = RecordSealer(result.send_key)
         self._bulk_socks.add(sock)
+        try:
+            leftover: bytes | None = result.leftover
+            first = True
+            while leftover is not None and not self._closed:
+                leftover = await self._serve_stream(
+                    sock, opener, sealer, peer, leftover, first=first, keep=keep
+                )
+                first = False
+        finally:
+            if keep:
+                self._bulk_kept_in[pid] -= 1
+                if not self._bulk_kept_in[pid]:
+                    del self._bulk_kept_in[pid]
+            self._bulk_socks.discard(sock)
+            sock.close()
+
+    async def _next_header(
+        self, sock: socket.socket, leftover: bytes, opener: RecordOpener
+    ) -> tuple[int, bytes, bytes] | None:
+        """On a kept connection between streams: the next record, or None once the
+        sender closes, it idles past BULK_RECEIVER_IDLE_S, or we evict it."""
+        self._bulk_active -= 1  # idle: no stream, but still a connection (see _make_room)
+        self._bulk_waiting[sock] = asyncio.get_running_loop().time()
+        try:
+            sock.setblocking(False)
+            async with asyncio.timeout(BULK_RECEIVER_IDLE_S):
+                return await read_control_async(sock, leftover, opener, eof_ok=True)
+        except (TimeoutError, ConnectionError):
+            return None
+        finally:
+            self._bulk_active += 1
+            self._bulk_waiting.pop(sock, None)
+
+    async def _serve_stream(
+        self,
+        sock: socket.socket,
+        opener: RecordOpener,
+        sealer: RecordSealer,
+        peer: Contact,
+        leftover: bytes,
+        *,
+        first: bool,
+        keep: bool,
+    ) -> bytes | None:
+        """One stream: header, accept, data. Returns the bytes received past it if the
+        connection stays open for another stream, None if it is to be closed."""
+        loop = asyncio.get_running_loop()
         tag: str | None = None
         records: BlockingRecords | None = None
         out: memoryview | None = None
         try:
-            async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-                rtype, payload, leftover = await read_control_async(sock, result.leftover, opener)
+            if first:
+                async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
+                    got = await read_control_async(sock, leftover, opener)
+            else:
+                got = await self._next_header(sock, leftover, opener)
+            if got is None:
+                return None
+            rtype, payload, leftover = got
             if rtype != RecordType.BULK_HEADER:
                 raise ProtocolViolation(f"expected a bulk header, got record type {rtype}")
             tag, size = decode_header(payload)
@@ -460,11 +613,12 @@ class Transport:
             if out is None:
                 log.info("refused bulk stream %r from %s: %s", tag, peer, refusal)
                 await loop.sock_sendall(sock, sealer.seal(RecordType.BULK_ABORT, refusal.encode()))
-                return
+                return None
             await loop.sock_sendall(sock, sealer.seal(RecordType.BULK_ACCEPT, b""))
             sock.settimeout(BULK_IO_TIMEOUT_S)  # blocking (with timeout) for the worker
             records = BlockingRecords(sock, leftover)
-            fut = self._run_in_thread(receive_stream, sock, records, opener, sealer, out)
+            keep = keep and not self._closed
+            fut = self._run_in_thread(receive_stream, sock, records, opener, sealer, out, keep)
             try:
                 sent = await asyncio.shield(fut)
             except asyncio.CancelledError:
@@ -485,14 +639,13 @@ class Transport:
                 self._bad(peer.peer_id, f"bulk stream {tag!r} from {peer}", reason)
             if out is not None and tag is not None and self._bulk_failed is not None:
                 _call_safely(self._bulk_failed, peer, tag, reason)
-            return
+            return None
         finally:
             if records is not None:
                 self._counters.bytes_received += records.bytes_received
-            self._bulk_socks.discard(sock)
-            sock.close()
         assert tag is not None and self._bulk_complete is not None
         _call_safely(self._bulk_complete, peer, tag, out)
+        return records.leftover() if keep else None
 
     def _accept_bulk(self, peer: Contact, tag: str, size: int) -> tuple[memoryview | None, str]:
         if size > MAX_STREAM_BYTES:
@@ -552,7 +705,10 @@ class Transport:
 
     def _make_room(self) -> bool:
         """True if one more connection fits, evicting the LRU idle one if needed."""
-        if self._handshaking + len(self._conns) + self._bulk_active < self._max:
+        busy = self._handshaking + len(self._conns) + self._bulk_active
+        if busy + self._kept_bulk_count() < self._max:
+            return True
+        if self._evict_kept_bulk():
             return True
         idle = [c for c in self._conns if c.idle]
         if not idle:
