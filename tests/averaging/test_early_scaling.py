@@ -15,13 +15,18 @@ from .test_allreduce import results_only
 
 
 class NoEarlyScaling(AllReduce):
-    """Scales everything inside the reduce, as before early scaling existed."""
+    """Scales everything inside the reduce (the default)."""
 
-    def _maybe_prescale(self) -> None:
-        return
+    early_scaling = False
 
 
-class CountingReduce(AllReduce):
+class EarlyScaling(AllReduce):
+    """Scales each contribution as it lands (off by default, see AllReduce)."""
+
+    early_scaling = True
+
+
+class CountingReduce(EarlyScaling):
     fast: ClassVar[list[bool]] = []
 
     def _prescaled_mean(
@@ -85,7 +90,7 @@ def test_nan_contribution_falls_back_and_is_left_out() -> None:
             xs = tensors(3, 300_001, seed=22)
             ws = [1.0, 2.0, 3.0]
             outs = await reduce_all(
-                members, xs, ws, "early/nan", jobs=[AllReduce, SendsNaN, AllReduce]
+                members, xs, ws, "early/nan", jobs=[EarlyScaling, SendsNaN, EarlyScaling]
             )
             ok = [o for o in outs if isinstance(o, AllReduceResult)]
             assert len(ok) == 3

@@ -66,7 +66,7 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 
@@ -172,6 +172,13 @@ class AllReduce:
     ``contribution`` and ``send_stream`` are the two steps a test may override to
     play a misbehaving member; everything else is the protocol.
     """
+
+    # Early scaling (see _maybe_prescale) is off: measured with 4 peers on 2 loaded
+    # cores it cost ~5-8% more CPU per call for no wall-time gain, since the products
+    # are one more shard-sized write and read per contribution, and the last one to
+    # land is on the critical path either way (docs/BENCHMARKS.md). Kept, tested, for
+    # machines with idle cores.
+    early_scaling: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -615,6 +622,8 @@ class AllReduce:
         these products and scales from the raw buffers, as it would have anyway."""
         if self._reduced or self._aggregator is not None or self._tg is None:
             return
+        if not self.early_scaling:
+            return
         if self._spec_broken:
             return
         if self._spec is None:
@@ -686,14 +695,19 @@ class AllReduce:
                     block.add_(scaled[m][b0:b1])
         return total
 
-    def _weighted_mean(self, acc: torch.Tensor, parts: list[tuple[Contribution, float]]) -> float:
-        """acc = sum_i x_i * fp32(w_i / W) in the order given; returns W.
+    def _weighted_mean(
+        self, acc: torch.Tensor, parts: list[tuple[Contribution, float]]
+    ) -> tuple[float, bool]:
+        """acc = sum_i x_i * fp32(w_i / W) in the order given; returns W and whether
+        acc came out finite.
 
         w / W in float64, one rounding to fp32: as diloco_math.weighted_average, and
         like it a separate mul and add per member (no FMA). Done a cache-sized block at
         a time: the same bits, without a shard-sized scratch; an int8 payload is
-        decoded into the block scratch right there.
+        decoded into the block scratch right there, and each block's NaN/Inf check
+        runs while it is still in cache (a separate pass would read the shard again).
         """
+        finite = True
         total = sum(w for _, w in parts)
         k = acc.numel()
         scales = [torch.tensor(w / total, dtype=torch.float32) for _, w in parts]
@@ -709,7 +723,8 @@ class AllReduce:
                     self._int8.decode_range(x, b0, b1, t)
                     t.mul_(scale)
                 block.add_(t)
-        return total
+            finite = finite and all_finite(block)
+        return total, finite
 
     def _reduce_sync(
         self,
@@ -750,10 +765,11 @@ class AllReduce:
                 by_member[m], weights[m] = x, w
             acc.copy_(self._aggregator.aggregate(by_member, weights, global_sum))
             total = sum(weights)
+            finite = all_finite(acc)
             del by_member
         else:
-            total = self._weighted_mean(acc, list(values.values()))
-            if not all_finite(acc):
+            total, finite = self._weighted_mean(acc, list(values.values()))
+            if not finite:
                 # A NaN/Inf anywhere makes the mean non-finite (every scale is > 0 or
                 # gives NaN), so the fp32 contributions' NaN/Inf scans wait until here:
                 # only now, rarely, find the culprits and average again without them.
@@ -769,12 +785,12 @@ class AllReduce:
                     reason = f"NonFiniteUpdateError: update holds {n_bad} NaN/Inf value(s)"
                     rejected.append((m, STATUS_NON_FINITE, reason))
                 if bad:
-                    total = self._weighted_mean(acc, list(values.values()))
+                    total, finite = self._weighted_mean(acc, list(values.values()))
             weights = [0.0] * self._n
             for m, (_, w) in values.items():
                 weights[m] = w
         del values
-        if not all_finite(acc):
+        if not finite:
             raise CompressionError("averaged shard overflowed fp32")
         self._finish_shard(acc)
         return rejected, weights, total
@@ -869,11 +885,16 @@ class AllReduce:
             raise ValueError("the owner left its own contribution out")
         lo, hi = self._bounds[j]
         if self._codec == "none" and hi > lo:
-            # Checked in the receive buffer, so a bad shard never reaches the output.
+            # Checked a block at a time and copied while that block is in cache (one
+            # read of the receive buffer, not two). A bad shard fails the all-reduce,
+            # so what it left in the output is never used.
             x = torch.frombuffer(buf, dtype=torch.float32, count=hi - lo, offset=hb)
-            if not all_finite(x):
-                raise ValueError("averaged shard holds NaN/Inf")
-            self._out[lo:hi].copy_(x)
+            dst = self._out[lo:hi]
+            for b0 in range(0, hi - lo, REDUCE_BLOCK_VALUES):
+                b1 = min(hi - lo, b0 + REDUCE_BLOCK_VALUES)
+                if not all_finite(x[b0:b1]):
+                    raise ValueError("averaged shard holds NaN/Inf")
+                dst[b0:b1].copy_(x[b0:b1])
         else:
             # int8 decodes only finite values (scales are checked, |code| <= 127); a
             # malformed payload fails this owner's shard, so what it left is unused.
