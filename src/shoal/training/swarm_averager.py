@@ -70,6 +70,9 @@ class SwarmAverager:
         self._groups: dict[int, GroupFormed] = {}
         self._closed: set[int] = set()
         self._changed = asyncio.Event()
+        # The all-reduce writes into this buffer every round (out=): a fresh output
+        # costs ~0.6 ms of page faults per MiB here (docs/BENCHMARKS.md).
+        self._average_out: torch.Tensor | None = None
         node.add_listener(self._on_event)
 
     def _on_event(self, ev: object) -> None:
@@ -121,7 +124,10 @@ class SwarmAverager:
         With DP on, ``delta`` is already clipped, noised and int8 round-tripped by the
         caller (DiLoCo._encode_delta), so the all-reduce and SecAgg paths alike only
         ever carry the noised update (SecAgg masks it; its fixed point clamps each
-        weighted coordinate to ``DEFAULT_CLIP``, post-processing that costs no privacy)."""
+        weighted coordinate to ``DEFAULT_CLIP``, post-processing that costs no privacy).
+
+        Without SecAgg the outcome's ``result.average`` is a buffer this averager
+        reuses: it stays valid until the next ``finish`` (DiLoCo applies it first)."""
         core, node = self.core, self.node
         now = time.time()
         acts = core.rounds.report_progress(now, samples) + core.rounds.set_ready(now)
@@ -159,6 +165,7 @@ class SwarmAverager:
                         model_version=round_no,
                         timeout_s=self.timeout_s,
                         aggregator=self.aggregator,
+                        out=self._output_for(delta),
                     )
             except AllReduceFailed as exc:
                 log.warning("round %d all-reduce failed (%s); re-forming", round_no, exc)
@@ -170,6 +177,12 @@ class SwarmAverager:
             node.apply(core.from_rounds(now, core.rounds.complete_round(now, round_no)))
             return RoundOutcome(res, group)
         raise RuntimeError(f"round {round_no}: no successful all-reduce in {MAX_ATTEMPTS} tries")
+
+    def _output_for(self, delta: torch.Tensor) -> torch.Tensor:
+        out = self._average_out
+        if out is None or out.numel() != delta.numel():
+            out = self._average_out = torch.empty(delta.numel(), dtype=torch.float32)
+        return out
 
     async def _refused(self, group: GroupFormed) -> list[PeerId]:
         admit = self.admit
