@@ -325,7 +325,10 @@ class DiLoCo:
         phases = self._phases(self.round - 1)
         h = model_hash(self._named_params())
         if self.ledger is not None:
-            self.ledger.anchor_round(self.round - 1, h, outcome.group.members)
+            # credit only members whose update is in every shard of the average
+            counted = set(res.contributors)
+            members = [m for m in outcome.group.members if m.peer_id in counted]
+            self.ledger.anchor_round(self.round - 1, h, members)
         entry = RoundLog(
             self.round, h, len(outcome.group.members), outcome.group.total_samples,
             res.bytes_sent, res.bytes_received,
