@@ -8,7 +8,8 @@ Every process runs both engines in the same run, interleaved per repeat after on
 untimed warm-up of each:
 
 - shoal  ``shoal.averaging.all_reduce`` (equal weights): reduce-scatter + all-gather
-         over authenticated, AES-256-GCM bulk streams (a fresh handshake per stream),
+         over authenticated, AES-256-GCM bulk streams (on bulk connections kept from
+         one stream to the next: the warm-up call pays the handshakes),
          writing into an output buffer allocated once before the repeats
          (``out=``), as gloo reduces in place into a buffer cloned before its timer.
 - gloo   ``torch.distributed.all_reduce(SUM)`` with the gloo backend (plaintext TCP),
