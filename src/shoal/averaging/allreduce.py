@@ -479,6 +479,11 @@ class AllReduce:
         failures = 0
         while m not in self._dead:
             self._sending[m] = self._sending.get(m, 0) + 1
+            # Judge a refusal by what we knew when we sent: m may refuse before it has
+            # joined the session and then join (and be heard from) before the refusal
+            # reaches us. Taking that refusal as final lost m's shard for the whole
+            # timeout (seen on the wan testbed once kept connections made sends instant).
+            in_session = m in self._heard_from
             try:
                 await self.send_stream(m, tag, buffers)
                 self.bytes_sent += size
@@ -486,7 +491,7 @@ class AllReduce:
                 return
             except BulkRejected as exc:
                 self._alive(m)
-                if m in self._heard_from:
+                if in_session:
                     log.info(
                         "all-reduce %s: %s refused %s: %s", self._session, self._who(m), tag, exc
                     )
