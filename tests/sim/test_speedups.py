@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import gc
+import hashlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from shoal.dht.records import RecordStore, SignedRecord, StaleRecord
-from shoal.identity import Identity
+from shoal.dht.routing import CLOSEST_CACHE_ENTRIES, RoutingTable
+from shoal.identity import Identity, PeerId
 from shoal.sim import engine
 from shoal.sim.engine import simulation_gc
 from shoal.sim.rounds_scenario import RoundsScenario, RoundsScenarioConfig
+from shoal.wire.contact import Contact
 
 KEY = bytes(32)
 OTHER = bytes([1]) * 32
@@ -59,6 +64,58 @@ def test_store_get_follows_every_change_to_a_key() -> None:
     store.purge(300.0)
     assert store.get(KEY, 300.0) == []
     assert store.get(OTHER, 0.0) == []
+
+
+def _contact(i: int, port: int = 1) -> Contact:
+    return Contact(PeerId(hashlib.sha256(b"peer%d" % i).digest()), f"h{i}:{port}")
+
+
+# More targets than the cache holds, so entries are also pushed out.
+_TARGETS = [int.from_bytes(hashlib.sha256(b"t%d" % i).digest(), "big") for i in range(12)]
+assert len(_TARGETS) > CLOSEST_CACHE_ENTRIES
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["add", "move", "fail", "remove", "seen", "ask"]),
+            st.integers(0, 60),
+            st.integers(0, len(_TARGETS) - 1),
+            st.integers(1, 25),
+        ),
+        max_size=120,
+    )
+)
+@settings(max_examples=150, deadline=None)
+def test_cached_closest_matches_brute_force_through_every_change(
+    ops: list[tuple[str, int, int, int]],
+) -> None:
+    """Cached answers must follow adds, evictions, removals, promotions and new
+    addresses; recency updates (``seen``, re-adds) leave them valid."""
+    t = RoutingTable(_contact(-1).peer_id.dht_key, k=3, max_fails=2)
+    for op, i, ti, n in ops:
+        c = _contact(i)
+        if op == "add":
+            t.add(c, 0.0)
+        elif op == "move":
+            t.add(_contact(i, port=2), 0.0)  # same peer, new address
+        elif op == "fail":
+            t.fail(c.peer_id)
+        elif op == "remove":
+            t.remove(c.peer_id)
+        elif op == "seen":
+            t.seen(c.peer_id, 1.0)
+        target = _TARGETS[ti]
+        got = t.closest(target, n)
+        assert got == t.closest_brute(target, n)
+        assert [x.addr for x in got] == [x.addr for x in t.closest_brute(target, n)]
+        ex = c.peer_id
+        assert (
+            t.closest(target, n, exclude=ex)
+            == [x for x in t.closest_brute(target, n + 1) if x.peer_id != ex][:n]
+        )
+        got.clear()  # a caller's list is its own
+        assert len(t.closest(target, n)) == min(n, len(t))
 
 
 def test_simulation_gc_restores_the_collector_even_when_the_block_raises() -> None:
