@@ -4,6 +4,7 @@ evicted or misbehaving kept connections are handled without losing a stream."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 
@@ -78,6 +79,8 @@ def test_receiver_closing_a_kept_connection_costs_one_redial(
         a, b = await receiver(sink)
         await a.transport.send_bulk(b.contact, "first", [b"1" * 5000])
         assert a.transport.kept_bulk_count == 1
+        # a has DONE before b's loop has parked the connection: wait for both steps
+        await eventually(lambda: b.transport.kept_bulk_count == 1, what="receiver keeps it")
         await eventually(lambda: b.transport.kept_bulk_count == 0, what="receiver idle close")
         await asyncio.sleep(0.05)
         await a.transport.send_bulk(b.contact, "second", [b"2" * 5000])  # stale, redialled
@@ -191,3 +194,41 @@ def test_sealer_room_check() -> None:
     assert sealer.has_room(10, 1000)
     sealer._counter = MAX_RECORDS - 5
     assert sealer.has_room(5, 0) and not sealer.has_room(6, 0)
+
+
+def test_abandoned_stream_closes_after_the_handshake_without_a_report() -> None:
+    async def body() -> None:
+        sink = Sink()
+        a, b = await receiver(sink)
+        client = BulkClient(a.identity, "", b.contact)
+        client.abandon()  # as send_bulk does when cancelled mid-handshake
+        with pytest.raises(bulk_module.BulkStreamError, match="abandoned"):
+            await asyncio.to_thread(client.send_stream, "gone", [memoryview(b"abc")])
+        assert client.result is not None  # the handshake was completed, not cut
+        await eventually(lambda: b.transport.bulk_stream_count == 0)
+        await asyncio.sleep(0.05)
+        assert not b.bad and sink.announced == [] and not sink.failed
+        await close_all(a, b)
+
+    run(body())
+
+
+def test_cancelled_sends_leave_no_reports(dials: list[str]) -> None:
+    """Sends cancelled at every point of their life (dial, handshake, stream) never make
+    the receiver report a misbehaving peer for a cut handshake."""
+
+    async def body() -> None:
+        sink = Sink()
+        a, b = await receiver(sink)
+        for delay in (0.0, 0.0005, 0.001, 0.002, 0.004):
+            task = asyncio.create_task(a.transport.send_bulk(b.contact, f"x{delay}", [b"y"]))
+            await asyncio.sleep(delay)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            a.transport._drop_kept_bulk(b.contact)  # the next one dials again
+        await asyncio.sleep(0.1)
+        assert not [r for r in b.bad if "handshake" in r[1]], b.bad
+        await close_all(a, b)
+
+    run(body())

@@ -75,6 +75,10 @@ BULK_RECEIVER_IDLE_S = 2 * BULK_IDLE_S
 # member pair at once; the cap bounds what an authenticated peer can make us hold.
 MAX_KEPT_BULK_PER_PEER = 4
 KEEP_OPEN = b"\x01"  # BULK_DONE payload: the receiver keeps the connection for another stream
+# A cancelled stream whose handshake is under way gets this long to finish it before the
+# socket is cut: a handshake cut half-way is what a misbehaving dialler does, and the
+# peer reports it as one (an all-reduce cancels sends it no longer needs all the time).
+ABANDON_GRACE_S = 0.5
 _SIZE = struct.Struct(">Q")
 MAX_CONTROL_PAYLOAD = _SIZE.size + MAX_STRING_BYTES  # largest header / abort reason
 
@@ -204,6 +208,7 @@ class BulkClient:
         self.result: HandshakeResult | None = None
         self.reusable = False
         self.last_used = 0.0  # loop time it went idle (set by the Transport)
+        self._abandoned = False
 
     @property
     def bytes_received(self) -> int:
@@ -229,6 +234,11 @@ class BulkClient:
         return self._sealer.has_room(records, size + MAX_CONTROL_PAYLOAD) and (
             self._opener.has_room(2, MAX_CONTROL_PAYLOAD)  # ACCEPT, DONE
         )
+
+    def abandon(self) -> None:
+        """Thread-safe: stop before announcing the stream, but let a handshake under way
+        finish first (see ABANDON_GRACE_S); ``abort`` cuts it."""
+        self._abandoned = True
 
     def abort(self) -> None:
         """Thread-safe: make the worker's socket calls fail now."""
@@ -363,6 +373,8 @@ class BulkClient:
         try:
             if not reused:
                 self.connect()
+            if self._abandoned:
+                raise BulkStreamError("bulk stream abandoned locally")
             try:
                 with self._io():
                     self._announce(tag, size)

@@ -34,6 +34,7 @@ from typing import Any, TypeVar
 
 from shoal.identity.keys import Identity, PeerId
 from shoal.transport.bulk import (
+    ABANDON_GRACE_S,
     BULK_IDLE_S,
     BULK_IO_TIMEOUT_S,
     BULK_RECEIVER_IDLE_S,
@@ -458,6 +459,9 @@ class Transport:
                 try:
                     await asyncio.shield(fut)
                 except asyncio.CancelledError:
+                    if not client.connected:  # let its handshake finish: see ABANDON_GRACE_S
+                        client.abandon()
+                        await asyncio.wait([fut], timeout=ABANDON_GRACE_S)
                     client.abort()
                     await asyncio.wait([fut])
                     raise
@@ -599,7 +603,9 @@ class Transport:
         try:
             if first:
                 async with asyncio.timeout(HANDSHAKE_TIMEOUT_S):
-                    got = await read_control_async(sock, leftover, opener)
+                    # A close before any byte: the sender abandoned the stream after the
+                    # handshake (BulkClient.abandon); it sent nothing, so nothing is wrong.
+                    got = await read_control_async(sock, leftover, opener, eof_ok=True)
             else:
                 got = await self._next_header(sock, leftover, opener)
             if got is None:
