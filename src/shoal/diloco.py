@@ -396,7 +396,12 @@ class DiLoCo:
         if entry is None:  # first round: keep training from where the inner steps got to
             self._round_start = local.clone()
         else:
-            self._round_start = self.global_flat.clone()
+            # Eager: go on from the new global params plus this round's own progress.
+            # That progress is in the average that lands next round; restarting from the
+            # global params alone dropped it from the model until then, and with outer
+            # momentum the stale steps diverged (benchmarks/bench_overlap_loss.py).
+            self._round_start = self.global_flat + (local - start)
+            unflatten_into(self._round_start, self.params)
         self._pending_steps = self.round_steps
         self.round_steps = 0
         self.round_samples = 0
@@ -580,13 +585,19 @@ class DiLoCo:
         unflatten_into(self.global_flat, self.params)
 
     def save_checkpoint(self, path: str | Path) -> str:
-        """Write the global model + outer momentum as safetensors; returns the model hash."""
+        """Write the global model + outer momentum as safetensors; returns the model hash.
+        The model's own params (mid-round, or ahead of the global ones with overlap)
+        are left as they were."""
+        own = flatten_params(self.params)
         unflatten_into(self.global_flat, self.params)
-        named = self._named_params()
-        return save_checkpoint(
-            path,
-            Checkpoint(named, self.round, self.outer.momentum_buffer, {"run": self.run}),
-        )
+        try:
+            named = self._named_params()
+            return save_checkpoint(
+                path,
+                Checkpoint(named, self.round, self.outer.momentum_buffer, {"run": self.run}),
+            )
+        finally:
+            unflatten_into(own, self.params)
 
     def _named_params(self) -> dict[str, torch.Tensor]:
         """The global params by name: what checkpoints store and model hashes cover."""

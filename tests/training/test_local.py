@@ -74,3 +74,20 @@ def test_ablations_run_and_bad_shard_mode_is_refused(small_corpus: Corpus) -> No
     assert len({base.model_hash, iid.model_hash, contiguous.model_hash, both.model_hash}) == 4
     with pytest.raises(ValueError, match="shard_mode"):
         simulate_diloco_inprocess(2, 1, 1, shard_mode="bogus", **kwargs)  # type: ignore[arg-type]
+
+
+def test_eager_overlap_with_one_peer_is_plain_local_training(small_corpus: Corpus) -> None:
+    """One peer, fp32, outer SGD lr 1 without momentum: each average is the peer's own
+    pseudo-gradient, so synchronous DiLoCo is just local training. Eager overlap keeps
+    the peer's progress while the delayed average lands, so it must give the same model;
+    the plain delayed update restarts from stale params and must not."""
+    kwargs: dict[str, Any] = dict(
+        config=TINY, corpus=small_corpus, batch_size=8, eval_batches=2, codec="none",
+        outer_lr=1.0, outer_momentum=0.0, outer_nesterov=False,
+    )  # fmt: skip
+    runs = {
+        mode: simulate_diloco_inprocess(1, rounds=4, inner_steps=5, overlap=mode, **kwargs)
+        for mode in ("off", "eager", "delayed")
+    }
+    assert runs["eager"].final_loss == pytest.approx(runs["off"].final_loss, abs=1e-4)
+    assert abs(runs["delayed"].final_loss - runs["off"].final_loss) > 1e-3

@@ -46,6 +46,7 @@ class TrainResult:
 # slice per peer (on the sorted stdlib corpus: different packages per peer, what nodes
 # did before), and "iid", every peer samples the whole split with its own stream.
 ShardMode = Literal["striped", "contiguous", "iid"]
+OverlapMode = Literal["off", "delayed", "eager"]
 # Cap on the norm-matching factor (`rescale_outer`): sqrt(n) is what n orthogonal,
 # equal-norm pseudo-gradients give; more would amplify replicas that disagree.
 MAX_RESCALE_FACTOR_PER_SQRT_PEER = 1.0
@@ -149,6 +150,7 @@ def simulate_diloco_inprocess(
     shard_mode: ShardMode = "striped",
     average_inner_state: bool = False,
     rescale_outer: bool = False,
+    overlap: OverlapMode = "off",
 ) -> TrainResult:
     """DiLoCo with `n_peers` replicas run one after another in this process.
 
@@ -161,6 +163,11 @@ def simulate_diloco_inprocess(
     sample the whole split),
     `average_inner_state` (AdamW moments averaged each round), `rescale_outer`
     (the average stretched to the replicas' mean pseudo-gradient norm).
+    `overlap`: "delayed" is what ``DiLoCo(overlap=True)`` did first: round r's
+    average lands at the close of round r+1 and each peer restarts from the new global
+    params, dropping its own progress of r+1 until that round's average lands;
+    "eager" lands the same average but keeps the peer's own r+1 progress on top of
+    the new global params (the global params, and so every outer step, are the same).
     """
     if n_peers < 1 or rounds < 1 or inner_steps < 1:
         raise ValueError("n_peers, rounds and inner_steps must be >= 1")
@@ -179,17 +186,24 @@ def simulate_diloco_inprocess(
     receiver = get_codec(codec)
     initial = evaluate(models[0], corpus, eval_batches)
     result = TrainResult(initial, initial, [(0, initial)])
+    # overlap: each peer's round start (its own params), and the average still to land
+    starts = [global_flat.clone() for _ in models]
+    pending: torch.Tensor | None = None
     for rnd in range(rounds):
         received = []
-        for model, opt, stream, ef in zip(models, inner_opts, streams, feedback, strict=True):
-            unflatten_into(global_flat, model.parameters())
+        for i, (model, opt, stream, ef) in enumerate(
+            zip(models, inner_opts, streams, feedback, strict=True)
+        ):
+            if overlap == "off":
+                unflatten_into(global_flat, model.parameters())
             for _ in range(inner_steps):
                 x, y = next(stream)
                 loss = model(x, y)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-            delta = pseudo_gradient(global_flat, flatten_params(model.parameters()))
+            start = global_flat if overlap == "off" else starts[i]
+            delta = pseudo_gradient(start, flatten_params(model.parameters()))
             encoded = ef.encode("params", delta)  # what would go on the wire
             result.bytes_sent += encoded.nbytes
             result.bytes_fp32 += 4 * numel
@@ -205,9 +219,14 @@ def simulate_diloco_inprocess(
             average = _norm_matched(average, [u for u, _ in updates])
         if average_inner_state:
             _average_adam_state(inner_opts)
-        outer.step(global_flat, average)
-        unflatten_into(global_flat, models[0].parameters())
-        held = evaluate(models[0], corpus, eval_batches)
+        if overlap == "off":
+            outer.step(global_flat, average)
+        else:
+            _land_overlapped(models, starts, global_flat, outer, pending, overlap)
+            pending = average
+            if rnd == rounds - 1:  # the flush: the last average has no round to hide behind
+                outer.step(global_flat, pending)
+        held = _evaluate_global(models[0], global_flat, corpus, eval_batches)
         result.history.append(((rnd + 1) * inner_steps, held))
         log.info(
             "diloco round %d: held-out %.3f hash %s", rnd + 1, held, model_hash(global_flat)[:12]
@@ -215,6 +234,39 @@ def simulate_diloco_inprocess(
     result.final_loss = result.history[-1][1]
     result.model_hash = model_hash(global_flat)
     return result
+
+
+def _land_overlapped(
+    models: list[GPT],
+    starts: list[torch.Tensor],
+    global_flat: torch.Tensor,
+    outer: OuterOptimizer,
+    pending: torch.Tensor | None,
+    mode: OverlapMode,
+) -> None:
+    """Overlap, at the close of a round: apply the previous round's average and set
+    where each peer goes on from (see simulate_diloco_inprocess)."""
+    for i, model in enumerate(models):
+        local = flatten_params(model.parameters())
+        if pending is None:  # first round: nothing to land, keep training from here
+            starts[i] = local
+            continue
+        if i == 0:
+            outer.step(global_flat, pending)
+        progress = local - starts[i]
+        starts[i] = global_flat + progress if mode == "eager" else global_flat.clone()
+        unflatten_into(starts[i], model.parameters())
+
+
+def _evaluate_global(
+    model: GPT, global_flat: torch.Tensor, corpus: Corpus, eval_batches: int
+) -> float:
+    """Held-out loss of the global params, leaving ``model``'s own params as they were."""
+    own = flatten_params(model.parameters())
+    unflatten_into(global_flat, model.parameters())
+    held = evaluate(model, corpus, eval_batches)
+    unflatten_into(own, model.parameters())
+    return held
 
 
 def main() -> None:
