@@ -125,17 +125,19 @@ def test_four_four_partition_for_rounds_then_heal(chaos: ChaosRun, chain: ChaosC
 
 def test_slow_host_and_late_joiner(chaos: ChaosRun, chain: ChaosChain) -> None:
     """h7 has a 10x slower link (10 Mbit/s both ways) throughout; h6 joins after
-    round 2. Rounds still close, the slow host keeps up, the joiner syncs and joins."""
-    # 8 rounds: a joiner waits for the round in progress to end before it syncs, and a
-    # round the slow host lags in can run to its deadline, so under load the joiner
-    # may only sync at round 5 (seen: first_round 5 of 6 at load 10).
-    chaos.rounds = 8
+    round 1. Rounds still close, the slow host keeps up, the joiner syncs and joins."""
+    # 10 rounds, joiner after round 1: a joiner waits for the round in progress to end
+    # before it syncs, and under load a round the slow host lags in runs to its deadline
+    # (seen: synced at round 5 of 6). With fast rounds it may sync just as a round
+    # closes, miss that round's group and spend ~20 s on leader tries before it
+    # averages alone and catches up (seen: 4 rounds of 5 s missed that way, 8 in all).
+    chaos.rounds = 10
     # 7 hosts start together: each waits for the other 6 (not for h6, which comes
     # later), so h0 does not train its first rounds alone while the others start up.
     chaos.peers = 7
     applier.shape(chaos.net.name, "h7", rate_mbit=10.0)
     cfgs = chaos.start_all([*HOSTS[:6], "h7"])
-    chaos.wait_round(cfgs["h0"], 2, ROUND_WAIT_S)
+    chaos.wait_round(cfgs["h0"], 1, ROUND_WAIT_S)
     cfgs["h6"] = chaos.start("h6")
     codes = chaos.wait_exit(HOSTS, EXIT_WAIT_S)
     assert codes == dict.fromkeys(HOSTS, 0), codes
@@ -144,7 +146,7 @@ def test_slow_host_and_late_joiner(chaos: ChaosRun, chain: ChaosChain) -> None:
         assert r["rounds"] == chaos.rounds
         assert_no_rollback(r)
     joiner = results["h6"]
-    assert joiner["first_round"] >= 2, joiner["first_round"]
+    assert joiner["first_round"] >= 1, joiner["first_round"]
     assert joiner["history"], "the joiner synced but never averaged"
     slow = results["h7"]["history"]
     assert len(slow) >= chaos.rounds - 1, slow  # took part, was not left behind
