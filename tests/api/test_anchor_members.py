@@ -4,7 +4,6 @@ nodes in one process, with a recording RoundLedger in place of the chain."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from shoal.averaging.allreduce import AllReduce
 from shoal.diloco import DiLoCo
 from shoal.runtime.background import NodeThread
 from shoal.wire.contact import Contact
+from tests.peer_threads import run_peers
 
 Buffer = memoryview | bytes | bytearray
 
@@ -71,27 +71,17 @@ def test_peer_left_out_of_the_average_is_not_credited(
             return tag, [x.numpy().tobytes()]
 
         monkeypatch.setattr(AllReduce, "contribution", lying)
-        errors: list[BaseException] = []
 
         def train(i: int) -> None:
-            try:
-                g = torch.Generator().manual_seed(i)
-                for _ in range(STEPS):
-                    x = torch.randn(BATCH, 4, generator=g)
-                    loss = torch.nn.functional.mse_loss(models[i](x), x.sum(1, keepdim=True))
-                    opts[i].zero_grad()
-                    loss.backward()  # type: ignore[no-untyped-call]
-                    opts[i].step(samples=BATCH)
-            except BaseException as exc:
-                errors.append(exc)
+            g = torch.Generator().manual_seed(i)
+            for _ in range(STEPS):
+                x = torch.randn(BATCH, 4, generator=g)
+                loss = torch.nn.functional.mse_loss(models[i](x), x.sum(1, keepdim=True))
+                opts[i].zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                opts[i].step(samples=BATCH)
 
-        ts = [threading.Thread(target=train, args=(i,)) for i in range(3)]
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join(120)
-        assert not errors, errors
-        assert not any(t.is_alive() for t in ts)
+        run_peers(3, train, timeout_s=120)
         # Whichever groups formed (under load a peer may average alone), every honest
         # peer credits exactly its group minus those the all-reduce left out, and in at
         # least one group the all-reduce did leave c out.

@@ -27,6 +27,7 @@ from shoal.diloco import DiLoCo
 from shoal.privacy import DpSettings, closed_form_epsilon
 from shoal.runtime.background import NodeThread
 from shoal.wire.contact import Contact
+from tests.peer_threads import run_peers
 
 pytestmark = pytest.mark.slow
 
@@ -73,29 +74,18 @@ def nodes(tmp_path: Path, run: str, n: int, target: int) -> Iterator[list[NodeTh
 
 
 def _train(opts: list[DiLoCo], models: list[Regression], steps: int) -> None:
-    errors: list[BaseException] = []
-
     def one(i: int) -> None:
-        try:
-            g = torch.Generator().manual_seed(100 + i)
-            m, n_in = models[i], models[i].lin.in_features
-            w = torch.linspace(-1, 1, n_in * m.lin.out_features).reshape(n_in, -1)
-            for _ in range(steps):
-                x = torch.randn(BATCH, n_in, generator=g)
-                loss = m(x, x @ w)
-                opts[i].zero_grad()
-                loss.backward()
-                opts[i].step(samples=BATCH)
-        except BaseException as exc:
-            errors.append(exc)
+        g = torch.Generator().manual_seed(100 + i)
+        m, n_in = models[i], models[i].lin.in_features
+        w = torch.linspace(-1, 1, n_in * m.lin.out_features).reshape(n_in, -1)
+        for _ in range(steps):
+            x = torch.randn(BATCH, n_in, generator=g)
+            loss = m(x, x @ w)
+            opts[i].zero_grad()
+            loss.backward()
+            opts[i].step(samples=BATCH)
 
-    ts = [threading.Thread(target=one, args=(i,)) for i in range(len(opts))]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join(180)
-    assert not errors, errors
-    assert not any(t.is_alive() for t in ts)
+    run_peers(len(opts), one, timeout_s=180)
 
 
 def _opacus_epsilon(sigma: float, releases: int, delta: float) -> float:

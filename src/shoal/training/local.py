@@ -246,13 +246,13 @@ def _land_overlapped(
 ) -> None:
     """Overlap, at the close of a round: apply the previous round's average and set
     where each peer goes on from (see simulate_diloco_inprocess)."""
+    if pending is not None:
+        outer.step(global_flat, pending)
     for i, model in enumerate(models):
         local = flatten_params(model.parameters())
         if pending is None:  # first round: nothing to land, keep training from here
             starts[i] = local
             continue
-        if i == 0:
-            outer.step(global_flat, pending)
         progress = local - starts[i]
         starts[i] = global_flat + progress if mode == "eager" else global_flat.clone()
         unflatten_into(starts[i], model.parameters())
