@@ -95,14 +95,16 @@ def check_shape(shape: tuple[int, ...]) -> int:
 
 
 def get_codec(name: str) -> Codec:
-    """The codec registered under `name` ("none" for fp32, "int8")."""
+    """The codec registered under `name` ("none" for fp32, "int8", "int4")."""
     # Imported here: codec modules import this one.
     from shoal.compression.fp32 import Fp32Codec
+    from shoal.compression.int4 import Int4Codec
     from shoal.compression.int8 import Int8Codec
 
-    codecs: dict[str, type[Fp32Codec] | type[Int8Codec]] = {
+    codecs: dict[str, type[Fp32Codec] | type[Int8Codec] | type[Int4Codec]] = {
         Fp32Codec.name: Fp32Codec,
         Int8Codec.name: Int8Codec,
+        Int4Codec.name: Int4Codec,
     }
     if name not in codecs:
         raise ValueError(f"unknown codec {name!r}; known: {sorted(codecs)}")
