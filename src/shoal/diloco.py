@@ -549,10 +549,11 @@ class DiLoCo:
                 break
             time.sleep(JOIN_POLL_S)
         size = 2 * 4 * self.global_flat.numel()
+        mine = self._snapshot()
         snap = self.node_thread.call(
-            fetch_state(self._node, self.run, size, wait_s=5.0, admit=self._admit)
+            fetch_state(self._node, self.run, size, wait_s=5.0, admit=self._admit, have=mine)
         )
-        if snap is not None:
+        if snap is not None and snap is not mine:
             self._load_snapshot(snap)
 
     def _load_snapshot(self, snap: Snapshot) -> None:

@@ -104,3 +104,36 @@ def test_request_round_trips_and_old_form_means_newest() -> None:
 def test_malformed_requests_are_refused(fields: list[object]) -> None:
     with pytest.raises(MalformedMessage):
         StateRequest.from_fields(fields)
+
+
+@pytest.mark.slow
+def test_a_peer_holding_the_voted_state_does_not_download_it(tmp_path: Path) -> None:
+    from shoal.training.state_sync import fetch_state
+
+    big = 1 << 20
+    data = os.urandom(big)
+    state = Snapshot(0, data, state_hash(data))
+    other = Snapshot(0, bytes(big), state_hash(bytes(big)))
+    a = shoal.start_node(tmp_path / "a", run="sync", target_samples=1)
+    try:
+        assert a.node is not None
+        b = shoal.start_node(
+            tmp_path / "b", run="sync", target_samples=1, bootstrap=[str(a.node.contact)]
+        )
+        try:
+            assert b.node is not None
+            server = a.call(_server(a.node))
+            a.call(server.publish(state))
+            before = b.node.transport.bytes_received
+            got = b.call(fetch_state(b.node, "sync", big, wait_s=10.0, have=state))
+            assert got is state
+            assert b.node.transport.bytes_received - before < big // 4
+            # holding another state (same round, other hash): it downloads and verifies
+            before = b.node.transport.bytes_received
+            got = b.call(fetch_state(b.node, "sync", big, wait_s=10.0, have=other))
+            assert got is not None and got.state_hash == state.state_hash and got.data == data
+            assert b.node.transport.bytes_received - before > big
+        finally:
+            b.stop()
+    finally:
+        a.stop()

@@ -209,9 +209,20 @@ def choose_head(hashes: Iterable[str]) -> str:
 
 
 async def fetch_state(
-    node: Node, run: str, size: int, wait_s: float = 60.0, admit: Admit | None = None
+    node: Node,
+    run: str,
+    size: int,
+    wait_s: float = 60.0,
+    admit: Admit | None = None,
+    have: Snapshot | None = None,
 ) -> Snapshot | None:
-    """Download and verify the swarm's latest state; None if no peer has one yet."""
+    """Download and verify the swarm's latest state; None if no peer has one yet.
+
+    ``have``: a state we already hold. If it is the one the vote picks (same round,
+    same hash), it is returned without a download: peers that start a run from the
+    same seed hold the round-0 state already, and fetching it cost each of them the
+    whole model (most of a short run's traffic).
+    """
     deadline = time.monotonic() + wait_s
     heads: list[tuple[PeerId, int, str]] = []
     while time.monotonic() < deadline:
@@ -223,6 +234,9 @@ async def fetch_state(
         return None
     top = max(r for _, r, _ in heads)
     want = choose_head(h for _, r, h in heads if r == top)
+    if have is not None and (have.round, have.state_hash) == (top, want):
+        log.info("already hold the state of round %d (hash %s); no download", top, want[:12])
+        return have
     sources = [p for p, r, h in heads if r == top and h == want]
     members = {m["peer_id"]: m["addr"] for m in node.peers() if m["state"] == "alive"}
     for pid in sources:
