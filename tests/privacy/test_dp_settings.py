@@ -176,6 +176,32 @@ def test_token_windows() -> None:
         TokenWindows(torch.arange(4, dtype=torch.uint8), 4)
 
 
+def test_token_windows_of_a_shard_are_the_stripes_plain_training_samples() -> None:
+    # DP-SGD's records must be the same windows the peer trains on without DP: its
+    # own 16 KiB stripes of the split, not a contiguous slice.
+    g = torch.Generator().manual_seed(1)
+    tokens = torch.randint(0, 256, (200_000,), generator=g, dtype=torch.uint8)
+    corpus = Corpus(tokens, tokens[:1000], ("x",), "fp")
+    block, world = 16, 4
+    per_rank = []
+    for rank in range(world):
+        w = TokenWindows(tokens, block, corpus.shard_stripes("train", block, (rank, world)))
+        starts = {int(w.starts[i // w.per_stripe]) + i % w.per_stripe for i in range(len(w))}
+        per_rank.append(starts)
+        assert len(starts) == len(w) and len(w.starts) > 1  # striped: several stripes
+        x, y = w[len(w) - 1]
+        assert x.shape == (block,) and torch.equal(x[1:], y[:-1])
+        with pytest.raises(IndexError):
+            w[len(w)]
+        # every window plain training draws for this rank is one of DP-SGD's records
+        xb, _ = next(corpus.batches("train", 64, block, seed=5, shard=(rank, world)))
+        index = {tuple(tokens[s : s + block].tolist()): s for s in starts}
+        assert all(tuple(row.tolist()) in index for row in xb)
+    for a in range(world):
+        for b in range(a + 1, world):
+            assert not per_rank[a] & per_rank[b]
+
+
 def test_demo_gpt_is_refused_for_dp_sgd_with_the_parameter_named() -> None:
     model = tiny_gpt(n_layer=1, n_embd=16, n_head=2, block_size=16)
     with pytest.raises(ValueError, match=r"parameter wpe\.weight has no per-sample gradient"):

@@ -112,19 +112,34 @@ def check_per_sample_gradients(dp_model: torch.nn.Module, *batch: torch.Tensor) 
 
 
 class TokenWindows(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
-    """Every (input, target) window of ``block_size`` tokens in a 1-D token tensor: the
+    """Every (input, target) window of ``block_size`` tokens in a 1-D token tensor, or
+    only those inside the given stripes (a peer's shard, `Corpus.shard_stripes`): the
     records DP-SGD samples from (and protects)."""
 
-    def __init__(self, tokens: torch.Tensor, block_size: int) -> None:
-        if tokens.numel() <= block_size:
-            raise ValueError(f"{tokens.numel()} tokens: block_size {block_size} needs more")
+    def __init__(
+        self,
+        tokens: torch.Tensor,
+        block_size: int,
+        stripes: tuple[torch.Tensor, int] | None = None,
+    ) -> None:
+        if stripes is None:
+            if tokens.numel() <= block_size:
+                raise ValueError(f"{tokens.numel()} tokens: block_size {block_size} needs more")
+            stripes = (torch.zeros(1, dtype=torch.long), tokens.numel() - block_size)
+        starts, per_stripe = stripes
+        if per_stripe < 1 or starts.numel() < 1:
+            raise ValueError("no window of block_size fits in the stripes")
         self.tokens, self.block_size = tokens, block_size
+        self.starts, self.per_stripe = starts, per_stripe
 
     def __len__(self) -> int:
-        return self.tokens.numel() - self.block_size
+        return self.starts.numel() * self.per_stripe
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        row = self.tokens[i : i + self.block_size + 1].long()
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        at = int(self.starts[i // self.per_stripe]) + i % self.per_stripe
+        row = self.tokens[at : at + self.block_size + 1].long()
         return row[:-1], row[1:]
 
 
@@ -179,13 +194,11 @@ def private_inner_loop(
     shard: tuple[int, int] = (0, 1),
     seed: int | None = None,
 ) -> PrivateInner:
-    """DP-SGD over this peer's shard of the training split, contiguous slice ``rank``
-    of ``world`` (the records DP-SGD protects are its windows): expected batch
-    ``batch_size``, Poisson-sampled windows."""
-    rank, world = shard
-    tokens = corpus.tokens("train")
-    per = tokens.numel() // world
-    data = TokenWindows(tokens[rank * per : (rank + 1) * per], block_size)
+    """DP-SGD over this peer's shard of the training split, the same stripes plain
+    training samples from (`Corpus.shard_stripes`; the records DP-SGD protects are
+    their windows): expected batch ``batch_size``, Poisson-sampled windows."""
+    stripes = corpus.shard_stripes("train", block_size, shard)
+    data = TokenWindows(corpus.tokens("train"), block_size, stripes)
     loader = torch.utils.data.DataLoader(data, batch_size=batch_size)
     dp_model, dp_opt, dp_loader, engine = make_private_inner(
         model, optimizer, loader, noise_multiplier=settings.noise_multiplier,

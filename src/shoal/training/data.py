@@ -71,28 +71,21 @@ class Corpus:
             return self.heldout
         raise ValueError(f"split must be 'train' or 'heldout', got {split!r}")
 
-    def batches(
+    def shard_stripes(
         self,
         split: Split,
-        batch_size: int,
         block_size: int,
-        seed: int = 0,
         shard: tuple[int, int] = (0, 1),
         stripe_bytes: int | None = SHARD_STRIPE_BYTES,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Endless (inputs, targets) int64 batches of shape (batch_size, block_size).
-
-        `shard=(rank, world)`: the split is cut into stripes of `stripe_bytes` and
-        peer `rank` samples windows only from stripes rank, rank + world, ... (every
-        peer gets the same number; a window never crosses a stripe), with a generator
-        seeded by (seed, rank). Same arguments, same batches, on any machine.
-        `stripe_bytes=None`: one contiguous slice per peer instead. One peer
-        (world 1) samples the whole split either way.
-        """
+    ) -> tuple[torch.Tensor, int]:
+        """Peer ``rank``'s share of ``split``: (start of each of its stripes, valid
+        window starts per stripe). Windows of ``block_size + 1`` bytes never cross a
+        stripe. `batches` samples from it, and so does DP-SGD (whose records are
+        exactly these windows)."""
         rank, world = shard
         if not 0 <= rank < world:
             raise ValueError(f"shard {shard}: need 0 <= rank < world")
-        if batch_size < 1 or block_size < 1:
+        if block_size < 1:
             raise ValueError("batch_size and block_size must be >= 1")
         if stripe_bytes is not None and stripe_bytes < 1:
             raise ValueError(f"stripe_bytes must be >= 1 or None, got {stripe_bytes}")
@@ -112,7 +105,31 @@ class Corpus:
                 f"block_size {block_size} needs more"
             )
         n_stripes = tokens.numel() // stripe // world * world  # equal shares; tail unused
-        mine = torch.arange(rank, n_stripes, world) * stripe  # start of each own stripe
+        return torch.arange(rank, n_stripes, world) * stripe, windows
+
+    def batches(
+        self,
+        split: Split,
+        batch_size: int,
+        block_size: int,
+        seed: int = 0,
+        shard: tuple[int, int] = (0, 1),
+        stripe_bytes: int | None = SHARD_STRIPE_BYTES,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Endless (inputs, targets) int64 batches of shape (batch_size, block_size).
+
+        `shard=(rank, world)`: the split is cut into stripes of `stripe_bytes` and
+        peer `rank` samples windows only from stripes rank, rank + world, ... (every
+        peer gets the same number; a window never crosses a stripe), with a generator
+        seeded by (seed, rank). Same arguments, same batches, on any machine.
+        `stripe_bytes=None`: one contiguous slice per peer instead. One peer
+        (world 1) samples the whole split either way.
+        """
+        rank = shard[0]
+        if batch_size < 1:
+            raise ValueError("batch_size and block_size must be >= 1")
+        tokens = self.tokens(split)
+        mine, windows = self.shard_stripes(split, block_size, shard, stripe_bytes)
         gen = torch.Generator().manual_seed(_seed_for(seed, rank))
         offsets = torch.arange(block_size + 1)
         while True:
