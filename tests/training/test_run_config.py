@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from shoal.training.run_config import ConfigError, dump_run_config, load_run_config
+from shoal.training.runner import round_config
 
 GOOD = """
 [run]
@@ -42,6 +43,13 @@ def test_good_config_round_trips_and_builds_the_model(tmp_path: Path) -> None:
     )
     assert robust.aggregator == "krum"
     assert load_run_config(_write(tmp_path, dump_run_config(robust))) == robust
+    slow = load_run_config(
+        _write(tmp_path, GOOD.replace("rounds = 2", "rounds = 2\nprogress_interval_s = 5.0"))
+    )
+    assert slow.progress_interval_s == 5.0
+    rc = round_config(slow)
+    assert rc.poll_interval_s == rc.publish_interval_s == 5.0
+    assert load_run_config(_write(tmp_path, dump_run_config(slow))) == slow
 
 
 @pytest.mark.parametrize(
@@ -55,6 +63,10 @@ def test_good_config_round_trips_and_builds_the_model(tmp_path: Path) -> None:
         (("batch_size = 4", "batch_size = 4\nrank = 3"), "rank"),
         (("[data]", "[data"), "cannot read"),
         (('compression = "none"', 'compression = "none"\naggregator = "mode"'), "aggregator"),
+        (("rounds = 2", "rounds = 2\nprogress_interval_s = 0.1"), "progress_interval_s"),
+        (("rounds = 2", "rounds = 2\nprogress_interval_s = true"), "progress_interval_s"),
+        (("rounds = 2", "rounds = 2\nprogress_interval_s = inf"), "progress_interval_s"),
+        (("rounds = 2", 'rounds = 2\nprogress_interval_s = "5"'), "progress_interval_s"),
     ],
 )
 def test_bad_configs_get_clear_errors(tmp_path: Path, edit: tuple[str, str], message: str) -> None:

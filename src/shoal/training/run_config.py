@@ -8,7 +8,8 @@ target_samples = 0       # close a round at this many swarm samples (0: expected
 expected_peers = 4
 deadline_s = 120.0       # ...or this long after this peer reached the round's end
 group_size = 16          # Moshpit group size
-compression = "int8"     # "none" or "int8"
+compression = "int8"     # "none", "int8" or "int4"
+progress_interval_s = 1.0  # publish / poll round progress this often (raise for long rounds)
 seed = 0                 # same seed -> same initial model on every peer
 overlap = false          # average round r while round r+1 computes (outer step one round late)
 aggregator = "mean"      # or a robust rule: median, trimmed_mean, centered_clip, krum
@@ -46,6 +47,7 @@ dp_sgd_max_grad_norm = 1.0     # each sample's gradient clipped to this
 from __future__ import annotations
 
 import importlib
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,8 @@ from shoal.aggregation import AGGREGATORS
 from shoal.privacy.settings import DEFAULT_DELTA, DpSettings, DpSgdSettings
 from shoal.secagg.group_driver import require_mean
 from shoal.secagg.network_messages import MAX_SECAGG_GROUP
+
+COMPRESSIONS = ("none", "int8", "int4")
 
 
 class ConfigError(ValueError):
@@ -74,6 +78,10 @@ class RunConfig:
     deadline_s: float = 120.0
     group_size: int = 16
     compression: str = "int8"
+    # Progress is published, and polled at most, this often. Loopback demo rounds
+    # last seconds; rounds of minutes can use 5-10 s and cut the control traffic
+    # (DHT puts and gets) by as much (docs/BENCHMARKS.md, DDP comparison).
+    progress_interval_s: float = 1.0
     seed: int = 0
     overlap: bool = False
     aggregator: str = "mean"
@@ -146,6 +154,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "name": "name", "rounds": "rounds", "inner_steps": "inner_steps",
         "target_samples": "target_samples", "expected_peers": "expected_peers",
         "deadline_s": "deadline_s", "group_size": "group_size", "compression": "compression",
+        "progress_interval_s": "progress_interval_s",
         "seed": "seed", "overlap": "overlap", "aggregator": "aggregator",
         "secure_aggregation": "secure_aggregation",
     },
@@ -194,8 +203,13 @@ def load_run_config(path: Path) -> RunConfig:
 
 
 def _check(cfg: RunConfig) -> None:
-    if cfg.compression not in ("none", "int8"):
-        raise ConfigError(f"run.compression must be 'none' or 'int8', got {cfg.compression!r}")
+    if cfg.compression not in COMPRESSIONS:
+        raise ConfigError(
+            f"run.compression must be one of {', '.join(COMPRESSIONS)}, got {cfg.compression!r}"
+        )
+    v = cfg.progress_interval_s
+    if isinstance(v, bool) or not isinstance(v, int | float) or not 0.25 <= v < math.inf:
+        raise ConfigError(f"run.progress_interval_s must be a number >= 0.25, got {v!r}")
     for name in ("rounds", "inner_steps", "expected_peers", "group_size", "batch_size", "world"):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"{name} must be >= 1")

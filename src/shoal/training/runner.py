@@ -48,9 +48,9 @@ def round_config(cfg: RunConfig) -> RoundConfig:
         deadline_s=cfg.deadline_s,
         group_size=cfg.group_size,
         join_window_s=1.5,
-        poll_interval_s=1.0,
+        poll_interval_s=cfg.progress_interval_s,
         min_poll_interval_s=0.25,
-        publish_interval_s=1.0,
+        publish_interval_s=cfg.progress_interval_s,
         group_timeout_s=4.0,
         final_poll_timeout_s=2.0,
     )
