@@ -51,6 +51,7 @@ class DemoConfig:
     outer_lr: float = 1.0
     outer_momentum: float = 0.0
     ledger: bool = True  # signed feeds + a dev chain; `shoal verify` checks the result
+    progress_interval_s: float = 1.0  # round progress publish/poll period (RunConfig)
 
 
 Progress = Callable[[int, dict[str, Any]], None]
@@ -63,6 +64,7 @@ def node_config(cfg: DemoConfig, i: int, bootstrap: list[str]) -> RunConfig:
         expected_peers=cfg.nodes, deadline_s=cfg.deadline_s, compression=cfg.compression,
         batch_size=cfg.batch_size, rank=i, world=cfg.nodes, bootstrap=bootstrap,
         outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
+        progress_interval_s=cfg.progress_interval_s,
         progress_file=d / "progress.jsonl", result_file=d / "result.json",
     )  # fmt: skip
 
