@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from shoal.compression import EncodedTensor, MalformedEncodingError, NonFiniteTensorError
-from shoal.compression.int8 import BLOCK_VALUES, Int8Codec, payload_size
+from shoal.compression.int8 import BLOCK_VALUES, Int8Codec, max_abs_error, payload_size
 
 
 @pytest.mark.parametrize("numel", [0, 1, 4095, 4096, BLOCK_VALUES + 4097, 3 * BLOCK_VALUES])
@@ -31,7 +31,8 @@ def test_blockwise_codes_match_a_whole_shard_reference() -> None:
     n_chunks = -(-x.numel() // 4096)
     full = x[: (x.numel() // 4096) * 4096].reshape(-1, 4096)
     a = full.abs().amax(dim=1)
-    q = (full / a[:, None]).mul(127).round().clamp(-127, 127).to(torch.int8).reshape(-1)
+    factor = torch.from_numpy(np.float32(127) / a.numpy())  # IEEE fp32 division
+    q = (full * factor[:, None]).round().clamp(-127, 127).to(torch.int8).reshape(-1)
     got_scales = torch.frombuffer(bytearray(payload), dtype=torch.float32, count=n_chunks)
     got_q = torch.frombuffer(bytearray(payload), dtype=torch.int8, offset=4 * n_chunks)
     assert torch.equal(got_scales[: a.numel()], a)
@@ -123,3 +124,58 @@ def test_torch_and_numpy_dequantize_agree_on_every_code() -> None:
     expected = (expected * scales[:, None]).reshape(-1)
     assert np.array_equal(got_ro.numpy(), expected)
     assert np.array_equal(got_rw.numpy(), expected)
+
+
+def test_tiny_scales_take_the_division_path_and_stay_in_bound() -> None:
+    """127 / a overflows fp32 for a below ~7e-37: such chunks are quantised as x / a * 127
+    (a block with one of them entirely), so codes stay in [-127, 127], within the bound."""
+    rng = torch.Generator().manual_seed(4)
+    x = torch.randn(4 * 4096, generator=rng)
+    x[4096:8192] *= 1e-39  # subnormal chunk: 127 / a = inf
+    x[8192:12288] = 0.0  # zero chunk next to it: factor 0, exact zeros
+    codec = Int8Codec()
+    enc = codec.encode(x)
+    q = torch.frombuffer(bytearray(enc.payload), dtype=torch.int8, offset=16)
+    assert int(q[4096:8192].abs().max()) == 127  # the chunk's absmax maps to +-127
+    back = codec.decode(enc)
+    assert torch.equal(back[8192:12288], torch.zeros(4096))
+    err = (x.double() - back.double()).abs().reshape(-1, 4096).amax(1).numpy()
+    absmax = x.abs().reshape(-1, 4096).amax(1).numpy()
+    assert (err <= max_abs_error(absmax)).all()
+    assert float(err[1]) > 0  # not vacuous: the subnormal chunk is actually quantised
+
+
+def test_codes_never_leave_the_symmetric_range() -> None:
+    """x * fp32(127 / a) can exceed 127 by a few ulps at x = +-a; rounding brings it back."""
+    codec = Int8Codec()
+    for seed in range(20):
+        x = torch.randn(3 * 4096, generator=torch.Generator().manual_seed(seed)) * 10.0**seed
+        q = torch.frombuffer(bytearray(codec.encode(x).payload), dtype=torch.int8, offset=12)
+        assert int(q.abs().max()) == 127 and int(q.min()) >= -127
+
+
+def test_accumulate_range_is_a_weighted_decode_up_to_rounding() -> None:
+    """The reduce's fused path: acc = w * decode (first) then acc += w' * decode', a block
+    at a time, within a few fp32 roundings of the exact weighted sum of decoded values;
+    read-only payloads work too, bad ranges and scratch are refused."""
+    codec = Int8Codec()
+    n = BLOCK_VALUES + 3 * 4096 + 77  # a full block, whole chunks and a short tail
+    xs = [torch.randn(n, generator=torch.Generator().manual_seed(s)) * (s + 1) for s in (5, 6)]
+    encs = [codec.encode(xs[0]), codec.encode(xs[1])]
+    encs[1] = EncodedTensor("int8", (n,), bytes(encs[1].payload), chunk_size=4096)  # read-only
+    ws = [0.3, 0.7]
+    acc = torch.full((n,), float("nan"))  # first=True must overwrite it
+    scratch = torch.empty(n)
+    for start, stop in [(0, BLOCK_VALUES), (BLOCK_VALUES, n)]:
+        for i, (enc, w) in enumerate(zip(encs, ws, strict=True)):
+            codec.accumulate_range(enc, start, stop, w, acc[start:stop], scratch, first=i == 0)
+    exact = sum(w * codec.decode(e).double() for e, w in zip(encs, ws, strict=True))
+    assert isinstance(exact, torch.Tensor)
+    err = (acc.double() - exact).abs()
+    assert float(err.max()) <= 4 * 2.0**-24 * float(exact.abs().max())
+    with pytest.raises(ValueError, match="range"):
+        codec.accumulate_range(encs[0], 1, 10, 1.0, acc[:9], scratch)
+    with pytest.raises(ValueError, match="scratch"):
+        codec.accumulate_range(encs[0], 0, 4096, 1.0, acc[:4096], torch.empty(100))
+    with pytest.raises(ValueError, match="decode output"):
+        codec.accumulate_range(encs[0], 0, 4096, 1.0, acc[:4095], scratch)

@@ -9,14 +9,15 @@ fp32 vector into n contiguous shards (shards.py); ``group[j]`` owns shard j.
    size, sender index, codec or weight: refused before a byte is buffered), then
    check each payload (int8: scales and codes; fp32: NaN/Inf, see 2).
 2. Owner j averages the valid contributions in group order (= peer-id order):
-   ``sum_i x_i * fp32(w_i / W)`` with W the sum of included weights, using separate
-   fp32 mul and add (no FMA), exactly the formula of ``diloco_math.weighted_average``.
-   Normalising first keeps the sum a convex combination, so it cannot overflow.
-   Once every contribution is announced, W is known from the tags and each
-   contribution is multiplied as it lands ("early scaling"); the reduce then only
-   adds. A NaN/Inf anywhere makes the mean non-finite, so fp32 inputs are scanned
-   only when it is; then the culprits are excluded and the mean recomputed, as it
-   is whenever W changes after the early products were made.
+   ``sum_i x_i * fp32(w_i / W)`` with W the sum of included weights, a cache-sized
+   block at a time, one fused multiply-add pass per contribution (an int8 payload is
+   expanded and scaled by its chunk's ``absmax * w_i / W / 127`` in the same pass).
+   Normalising first keeps the sum a convex combination, so it cannot overflow
+   (beyond rounding). Only the owner computes its shard and everyone gets its bytes,
+   so the result is bit-identical at every member whatever the CPU's rounding of a
+   fused multiply-add. A NaN/Inf anywhere makes the mean non-finite, so fp32 inputs
+   are scanned only when it is; then the culprits are excluded and the mean
+   recomputed. int8 payloads are finite by their checks.
 3. All-gather. Owner j encodes the averaged shard once and streams those same bytes,
    behind a header saying whom it included with what weight, to every member, and
    decodes them itself. So every member ends with a bit-identical vector, even with
@@ -25,7 +26,7 @@ fp32 vector into n contiguous shards (shards.py); ``group[j]`` owns shard j.
 Each member sends and receives about 2 (n-1)/n of the encoded vector. fp32 shards
 are sent straight from the caller's tensor, with no copy; ``out=`` lets the caller
 supply the output. Transient buffers (incoming contributions and result shards,
-early products, int8 payloads) come from a process-wide pool (buffer_pool.py) and go
+int8 payloads) come from a process-wide pool (buffer_pool.py) and go
 back to it when the call ends, so the next round finds them already mapped: fresh
 memory costs page faults that outweighed the transfers (docs/BENCHMARKS.md).
 
@@ -66,7 +67,7 @@ import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -114,9 +115,17 @@ PROBE_INTERVAL_S = 5.0
 PROBE_FAILURES = 2  # consecutive failed probes before a member counts as dead
 SEND_ATTEMPTS = 3  # transport errors (not refusals) before a member counts as dead
 REDUCE_AT_FRACTION = 0.5
-REDUCE_BLOCK_VALUES = 1 << 18  # the reduce works 1 MiB of fp32 at a time: stays in cache
+REDUCE_BLOCK_VALUES = 1 << 20  # the reduce works 1 MiB of fp32 at a time: stays in cache
 _BACKOFF_START_S = 0.005
 _BACKOFF_MAX_S = 0.25
+
+# One thread runs the arithmetic (codecs, checks, the reduce) of every all-reduce in the
+# process, one job after another. Each torch/numpy pass releases and retakes the GIL,
+# so jobs running side by side in several threads mostly hand the GIL back and forth:
+# three 16 MiB int8 encodes in three threads took ~40% more CPU than the same three in
+# one (measured on 2 cores), and the cores are busy with the other peers' work anyway.
+# Robust rules that block on nested exchanges get their own thread (see _reduce).
+_COMPUTE = ThreadPoolExecutor(1, thread_name_prefix="shoal-allreduce")
 
 Buffer = memoryview | bytes | bytearray
 # A validated contribution (fp32 values, or an int8 payload that passed its checks and
@@ -177,13 +186,6 @@ class AllReduce:
     ``contribution`` and ``send_stream`` are the two steps a test may override to
     play a misbehaving member; everything else is the protocol.
     """
-
-    # Early scaling (see _maybe_prescale) is off: measured with 4 peers on 2 loaded
-    # cores it cost ~5-8% more CPU per call for no wall-time gain, since the products
-    # are one more shard-sized write and read per contribution, and the last one to
-    # land is on the critical path either way (docs/BENCHMARKS.md). Kept, tested, for
-    # machines with idle cores.
-    early_scaling: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -269,11 +271,6 @@ class AllReduce:
         # the other transfers instead of queueing behind the reduce.
         self._tg: asyncio.TaskGroup | None = None
         self._checks: dict[int, asyncio.Task[Checked]] = {}  # contribution decodes
-        # Early scaling (weighted mean): the weights it assumes, and x_m * w_m / W per
-        # contribution, computed as each lands (see _maybe_prescale).
-        self._spec: list[float] | None = None
-        self._spec_broken = False
-        self._prescaled: dict[int, asyncio.Task[torch.Tensor | None]] = {}
         self._result_decodes: dict[int, asyncio.Task[None]] = {}
         self._headers: dict[int, ResultHeader] = {}
         self._bad_owner: dict[int, str] = {}
@@ -312,9 +309,6 @@ class AllReduce:
         self._excluded[m] = (status, reason)
         self._incoming.pop(m, None)
         log.warning("all-reduce %s: excluding %s: %s", self._session, self._who(m), reason)
-        if self._spec is not None:
-            self._spec_broken = True  # W changed: the reduce scales from scratch
-        self._maybe_prescale()
         self._changed.set()
 
     def _mark_dead(self, m: int, reason: str) -> None:
@@ -378,7 +372,6 @@ class AllReduce:
             return None
         buf = POOL.take(size)  # stale bytes: the stream overwrites all before delivery
         self._incoming[m] = (buf, t.weight)
-        self._maybe_prescale()
         return memoryview(buf)
 
     def _accept_result(self, m: int, t: ResultTag, size: int) -> memoryview | None:
@@ -418,11 +411,10 @@ class AllReduce:
                 self.bytes_received += len(entry[0])
                 if self._tg is not None and self._aggregator is not None:
                     # A rule needs whole, checked vectors: decode as each lands. The
-                    # weighted mean checks and scales each in _maybe_prescale instead.
+                    # weighted mean checks each inside the reduce instead.
                     k = self._shard_len(self._idx)
                     work = self._in_thread(self._check_contribution_sync, entry[0], k)
                     self._checks[m] = self._tg.create_task(work)
-                self._maybe_prescale()
             elif entry is not None:
                 self._recycle.append(entry[0])  # too late to count; its stream is over
         elif tag.startswith("r/"):
@@ -595,10 +587,11 @@ class AllReduce:
     # ------------------------------------------------------------ arithmetic
 
     async def _in_thread(self, fn: Callable[..., T], *args: Any) -> T:
-        """``fn(*args)`` in the default pool. Unlike to_thread, a cancelled caller still
-        waits for the thread, and ``_workers`` shows whether any thread we started is
-        still running, so pooled buffers are only given back once none can touch them."""
-        fut = asyncio.get_running_loop().run_in_executor(None, fn, *args)
+        """``fn(*args)`` in the compute thread. Unlike to_thread, a cancelled caller still
+        waits for the job, and ``_workers`` shows whether any job we started is still
+        pending or running, so pooled buffers are only given back once none can touch
+        them."""
+        fut = asyncio.get_running_loop().run_in_executor(_COMPUTE, fn, *args)
         self._workers.add(fut)
         fut.add_done_callback(self._workers.discard)
         try:
@@ -647,117 +640,41 @@ class AllReduce:
             return None, STATUS_MALFORMED, f"{type(exc).__name__}: {exc}"
         return x, 0, ""
 
-    def _maybe_prescale(self) -> None:
-        """Early scaling, weighted mean only. Once every member's contribution is
-        accepted (its weight is in its tag) or excluded, W is known; from then on each
-        contribution is multiplied by fp32(w / W) as soon as it lands, in a worker,
-        while the other streams still run, so the reduce itself only adds. If W changes
-        afterwards (a member excluded, a contribution found bad) the reduce ignores
-        these products and scales from the raw buffers, as it would have anyway."""
-        if self._reduced or self._aggregator is not None or self._tg is None:
-            return
-        if not self.early_scaling:
-            return
-        if self._spec_broken:
-            return
-        if self._spec is None:
-            for m in range(self._n):
-                if not (m == self._idx or m in self._incoming or self._resolved(m)):
-                    return
-            spec = [0.0] * self._n
-            spec[self._idx] = self._weight
-            for m, (_, w) in itertools.chain(self._incoming.items(), self._arrived.items()):
-                spec[m] = w
-            self._spec = spec
-        for m, (buf, _) in self._arrived.items():
-            if m not in self._prescaled:
-                work = self._in_thread(self._prescale_sync, self._spec, m, buf)
-                self._prescaled[m] = self._tg.create_task(work)
-
-    def _prescale_sync(self, spec: list[float], m: int, buf: bytearray) -> torch.Tensor | None:
-        """x_m * fp32(w_m / W) into a pooled buffer (worker thread), exactly what
-        `_weighted_mean` computes for m; None if the contribution does not check out
-        (the reduce then rejects it and scales from scratch)."""
-        k = self._shard_len(self._idx)
-        x = self._check_contribution_sync(buf, k, scan=False)[0]
-        if x is None:
-            return None
-        total = sum(w for w in spec if w > 0)  # group order, as _weighted_mean sums
-        scale = torch.tensor(spec[m] / total, dtype=torch.float32)
-        p, floats = POOL.take_floats(k)
-        self._recycle.append(floats)
-        for b0 in range(0, k, REDUCE_BLOCK_VALUES):
-            b1 = min(k, b0 + REDUCE_BLOCK_VALUES)
-            if isinstance(x, torch.Tensor):
-                torch.mul(x[b0:b1], scale, out=p[b0:b1])
-            else:
-                self._int8.decode_range(x, b0, b1, p[b0:b1])
-                p[b0:b1].mul_(scale)
-        return p
-
-    def _prescaled_mean(
-        self,
-        acc: torch.Tensor,
-        arrived: dict[int, tuple[bytearray, float]],
-        scaled: dict[int, torch.Tensor],
-    ) -> float | None:
-        """The weighted mean from the early products: the same operations in the same
-        order as `_weighted_mean`, so the same bits. None if they do not apply."""
-        spec = self._spec
-        if spec is None or self._spec_broken or set(scaled) != set(arrived):
-            return None
-        if {m for m in range(self._n) if spec[m] > 0} != {*arrived, self._idx}:
-            return None
-        if any(spec[m] != w for m, (_, w) in arrived.items()):
-            return None
-        total = sum(w for w in spec if w > 0)
-        lo, hi = self._bounds[self._idx]
-        own = self._flat[lo:hi]
-        own_scale = torch.tensor(self._weight / total, dtype=torch.float32)
-        k = acc.numel()
-        tmp = torch.empty(min(k, REDUCE_BLOCK_VALUES), dtype=torch.float32)
-        for b0 in range(0, k, REDUCE_BLOCK_VALUES):
-            b1 = min(k, b0 + REDUCE_BLOCK_VALUES)
-            block = acc[b0:b1]
-            block.zero_()
-            for m in range(self._n):
-                if m == self._idx:
-                    t = tmp[: b1 - b0]
-                    torch.mul(own[b0:b1], own_scale, out=t)
-                    block.add_(t)
-                elif m in scaled:
-                    block.add_(scaled[m][b0:b1])
-        return total
-
     def _weighted_mean(
         self, acc: torch.Tensor, parts: list[tuple[Contribution, float]]
     ) -> tuple[float, bool]:
         """acc = sum_i x_i * fp32(w_i / W) in the order given; returns W and whether
-        acc came out finite.
+        acc came out finite (always, for int8: see `_finish_shard` for overflow).
 
-        w / W in float64, one rounding to fp32: as diloco_math.weighted_average, and
-        like it a separate mul and add per member (no FMA). Done a cache-sized block at
-        a time: the same bits, without a shard-sized scratch; an int8 payload is
-        decoded into the block scratch right there, and each block's NaN/Inf check
-        runs while it is still in cache (a separate pass would read the shard again).
+        w / W in float64, one rounding to fp32, as diloco_math.weighted_average. Done a
+        cache-sized block at a time, one pass per contribution: the first writes the
+        block, the others are fused multiply-adds into it (an int8 payload is expanded
+        and scaled right there, see Int8Codec.accumulate_range). The fp32 NaN/Inf check
+        runs on each block while it is still in cache.
         """
         finite = True
         total = sum(w for _, w in parts)
         k = acc.numel()
-        scales = [torch.tensor(w / total, dtype=torch.float32) for _, w in parts]
-        tmp = torch.empty(min(k, REDUCE_BLOCK_VALUES), dtype=torch.float32)
+        # fp32(w / W) as Python floats: torch takes a float scalar at fp32 exactly.
+        scales = [float(torch.tensor(w / total, dtype=torch.float32)) for _, w in parts]
+        scan = self._codec == "none"
+        tmp = None
+        if any(not isinstance(x, torch.Tensor) for x, _ in parts):
+            tmp = torch.empty(min(k, REDUCE_BLOCK_VALUES), dtype=torch.float32)
         for b0 in range(0, k, REDUCE_BLOCK_VALUES):
             b1 = min(k, b0 + REDUCE_BLOCK_VALUES)
-            block, t = acc[b0:b1], tmp[: b1 - b0]
-            block.zero_()
-            for (x, _), scale in zip(parts, scales, strict=True):
+            block = acc[b0:b1]
+            for i, ((x, _), scale) in enumerate(zip(parts, scales, strict=True)):
                 if isinstance(x, torch.Tensor):
-                    torch.mul(x[b0:b1], scale, out=t)
+                    if i == 0:
+                        torch.mul(x[b0:b1], scale, out=block)
+                    else:
+                        block.add_(x[b0:b1], alpha=scale)
                 else:
-                    self._int8.decode_range(x, b0, b1, t)
-                    t.mul_(scale)
-                block.add_(t)
-            finite = finite and all_finite(block)
+                    assert tmp is not None
+                    self._int8.accumulate_range(x, b0, b1, scale, block, tmp, first=i == 0)
+            if scan:
+                finite = finite and all_finite(block)
         return total, finite
 
     def _reduce_sync(
@@ -765,19 +682,12 @@ class AllReduce:
         arrived: dict[int, tuple[bytearray, float]],
         checked: dict[int, Checked],
         global_sum: Callable[[torch.Tensor], torch.Tensor] | None = None,
-        scaled: dict[int, torch.Tensor] | None = None,
     ) -> tuple[list[tuple[int, int, str]], list[float], float]:
         """Average our shard into ``self._out`` (worker thread). Returns the members
         rejected while checking, the weight used per member, and the divisor."""
         lo, hi = self._bounds[self._idx]
         k = hi - lo
         acc = self._out[lo:hi]
-        fast = None if scaled is None else self._prescaled_mean(acc, arrived, scaled)
-        if fast is not None and all_finite(acc):
-            assert self._spec is not None
-            self._finish_shard(acc)
-            return [], list(self._spec), fast
-        # Otherwise (a robust rule, W changed, or a NaN/Inf somewhere): from the buffers.
         robust = self._aggregator is not None and global_sum is not None
         values: dict[int, tuple[Contribution, float]] = {}
         rejected: list[tuple[int, int, str]] = []
@@ -838,7 +748,10 @@ class AllReduce:
             payload = POOL.take(payload_bytes(self._codec, k))
             self._recycle.append(payload)  # read by our result sends, over before run() ends
             # The owner keeps what it sends: acc becomes decode(payload), bit for bit.
-            self._int8.encode(acc, out=payload, roundtrip=acc)
+            try:
+                self._int8.encode(acc, out=payload, roundtrip=acc)
+            except NonFiniteTensorError:  # the int8 mean is not scanned: it shows here
+                raise CompressionError("averaged shard overflowed fp32") from None
             self._shard_payload = [payload]
 
     async def _reduce(self) -> float:
@@ -846,8 +759,6 @@ class AllReduce:
         arrived, self._arrived = self._arrived, {}
         checks, self._checks = self._checks, {}
         checked = {m: await t for m, t in checks.items() if m in arrived}
-        early, self._prescaled = self._prescaled, {}
-        scaled = {m: p for m, t in early.items() if m in arrived and (p := await t) is not None}
         loop = asyncio.get_running_loop()
 
         def global_sum(stats: torch.Tensor) -> torch.Tensor:
@@ -856,18 +767,18 @@ class AllReduce:
 
         try:
             if self._aggregator is not None and self._aggregator.needs_global_stats:
-                # Its own thread: it blocks on nested all-reduces, which need the shared
-                # to_thread pool free (several members in one process would exhaust it).
+                # Its own thread: it blocks on nested all-reduces, whose decodes need the
+                # compute thread free (in it, the first such rule would deadlock).
                 with ThreadPoolExecutor(1, thread_name_prefix="shoal-aggregate") as pool:
                     work = functools.partial(self._reduce_sync, arrived, checked, global_sum)
                     rejected, weights, total = await loop.run_in_executor(pool, work)
             else:
                 rejected, weights, total = await self._in_thread(
-                    self._reduce_sync, arrived, checked, global_sum, scaled
+                    self._reduce_sync, arrived, checked, global_sum
                 )
         finally:
             self._recycle.extend(buf for buf, _ in arrived.values())
-        del arrived, checked, scaled
+        del arrived, checked
         for m, status, reason in rejected:
             self._excluded[m] = (status, reason)
             log.warning("all-reduce %s: excluding %s: %s", self._session, self._who(m), reason)

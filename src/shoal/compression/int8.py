@@ -2,7 +2,9 @@
 
 The flat tensor is cut into chunks of `chunk_size` values (the last may be short).
 For each chunk, with a = max |x| and scale = a / 127, every value is sent as
-q = round(x / scale), an int8 in [-127, 127]; the receiver computes q * scale.
+q = round(x * fp32(127 / a)) ~= x / scale, an int8 in [-127, 127]; the receiver
+computes (q / 127) * a in fp32 (that formula, exactly, since members must agree on
+the bits).
 
 Payload layout (little-endian): n_chunks fp32 absmax values, then numel int8 values.
 So the cost is 1 byte per value plus 4 bytes per chunk (0.1% at 4096).
@@ -10,14 +12,14 @@ So the cost is 1 byte per value plus 4 bytes per chunk (0.1% at 4096).
 Worst-case error, per element (see `max_abs_error`):
     |x - decode(encode(x))| <= scale / 2          in exact arithmetic,
     <= scale * (1/2 + 2**-14) + 2**-149           with fp32 rounding included,
-where the second term covers the two fp32 roundings on each side and the last the
-subnormal grid. A chunk of zeros has a = 0 and decodes to exact zeros.
+where the second term covers the two fp32 roundings on each side (~2**-15.1 of
+scale for the encoder's factor and product, as much for the decoder's) and the last
+the subnormal grid. A chunk of zeros has a = 0 and decodes to exact zeros.
 """
 
 from __future__ import annotations
 
 import threading
-from typing import TypeVar
 
 import numpy as np
 import numpy.typing as npt
@@ -36,9 +38,7 @@ from shoal.compression.codec import (
 DEFAULT_CHUNK_SIZE = 4096
 QMAX = 127  # symmetric: -128 is never produced, so it is rejected on decode
 MAX_CHUNK_SIZE = 1 << 24  # bounds the per-chunk work an attacker can ask for
-BLOCK_VALUES = 1 << 18  # values per encode/decode step: 1 MiB of fp32 stays in cache
-
-_A = TypeVar("_A", torch.Tensor, npt.NDArray[np.float32], npt.NDArray[np.int8])
+BLOCK_VALUES = 1 << 19  # values per encode/decode step: 2 MiB of fp32, in cache
 
 
 def max_abs_error(absmax: npt.NDArray[np.float32] | float) -> npt.NDArray[np.float64] | float:
@@ -48,34 +48,29 @@ def max_abs_error(absmax: npt.NDArray[np.float32] | float) -> npt.NDArray[np.flo
     return float(bound) if bound.ndim == 0 else bound
 
 
-def _chunked(flat: _A, chunk: int) -> list[_A]:
-    """2-D views (rows = chunks) over `flat`: the full chunks, then the short tail if any."""
-    size = flat.shape[0]
-    full = size // chunk
-    views = [flat[: full * chunk].reshape(full, chunk)] if full else []
-    if size % chunk:
-        views.append(flat[full * chunk :].reshape(1, -1))
-    return views
-
-
-def _blocks(flat: _A, chunk: int) -> list[tuple[int, _A]]:
-    """(first chunk index, 2-D rows) blocks of about BLOCK_VALUES values each.
+def _spans(numel: int, chunk: int) -> list[tuple[int, int]]:
+    """[start, stop) value ranges of about BLOCK_VALUES each, on chunk boundaries; the
+    short tail chunk, if any, is a span of its own.
 
     Working a block at a time keeps every pass in cache and the scratch small: a
     whole-shard pass per step was ~10x slower on a 16 MiB shard (measured).
     """
-    rows_per_block = max(1, BLOCK_VALUES // chunk)
-    out: list[tuple[int, _A]] = []
-    row = 0
-    for rows in _chunked(flat, chunk):
-        for r0 in range(0, rows.shape[0], rows_per_block):
-            out.append((row + r0, rows[r0 : r0 + rows_per_block]))
-        row += rows.shape[0]
-    return out
+    full = numel - numel % chunk
+    step = max(1, BLOCK_VALUES // chunk) * chunk
+    spans = [(v0, min(full, v0 + step)) for v0 in range(0, full, step)]
+    if full < numel:
+        spans.append((full, numel))
+    return spans
+
+
+def _rows(flat: torch.Tensor, start: int, stop: int, chunk: int) -> torch.Tensor:
+    """Values [start, stop) of a span as a 2-D view, one row per chunk."""
+    return flat[start:stop].view(-1, min(chunk, stop - start))
 
 
 _SCRATCH = threading.local()
 _MAX_SCRATCH_VALUES = 4 * BLOCK_VALUES
+_INF = float("inf")
 
 
 def _scratch(values: int) -> torch.Tensor:
@@ -88,6 +83,34 @@ def _scratch(values: int) -> torch.Tensor:
         buf = torch.empty(values, dtype=torch.float32)
         _SCRATCH.buf = buf
     return buf[:values]
+
+
+def _quantize(rows: torch.Tensor, absmax: torch.Tensor, codes: torch.Tensor) -> None:
+    """One span: each row's absmax into ``absmax``, its codes into ``codes`` (same
+    shape as ``rows``, int8)."""
+    # max and -min instead of abs(): no temporary. "+ 0" turns the -0.0 of an all-zero
+    # chunk into +0.0.
+    a = torch.maximum(rows.amax(dim=1), rows.amin(dim=1).neg()) + 0.0
+    absmax.copy_(a)
+    # q = round(x * fp32(127 / a)): one multiply per value instead of x / a * 127. A zero
+    # chunk gets factor 0 (127 / inf). |x| <= a, so |x * fp32(127 / a)| is at most
+    # 127 (1 + 2^-24)^2 < 127.5 and the codes stay in [-127, 127]; the extra rounding
+    # of the factor is ~2^-24 relative, well inside the documented bound.
+    inv = torch.div(QMAX, torch.where(a > 0, a, _INF))
+    scaled = _scratch(rows.numel()).view(rows.shape)
+    if bool(inv.isinf().any()):
+        # 127 / a overflowed: a < ~7e-37 (subnormal-sized data). x / a stays in [-1, 1].
+        torch.div(rows, torch.where(a > 0, a, 1.0)[:, None], out=scaled).mul_(QMAX)
+    else:
+        torch.mul(rows, inv[:, None], out=scaled)
+    # round: half to even, as rint; then an exact conversion of small integers.
+    codes.copy_(scaled.round_())
+
+
+def _dequantize_rows(codes: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor) -> None:
+    """One span: out = (q / 127) * absmax of its row, in fp32 (the formula decode uses:
+    int8 -> fp32, then an IEEE fp32 division by 127, then the multiply)."""
+    out.copy_(codes).div_(QMAX).mul_(absmax[:, None])
 
 
 def payload_size(numel: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
@@ -117,38 +140,23 @@ class Int8Codec:
         """
         flat = torch.from_numpy(flat_float32(tensor, check_finite=False))
         chunk = self.chunk_size
-        n_chunks = -(-flat.numel() // chunk)
-        size = payload_size(flat.numel(), chunk)
+        numel = flat.numel()
+        n_chunks = -(-numel // chunk)
+        size = payload_size(numel, chunk)
         payload: Buffer = bytearray(size) if out is None else out
         view = memoryview(payload)
         if view.readonly or view.nbytes != size:
             raise ValueError(f"int8 output buffer must be {size} writable bytes")
-        back = None if roundtrip is None else _float_view(roundtrip, flat.numel()).numpy()
-        absmax_np = np.frombuffer(payload, dtype=FLOAT32_LE, count=n_chunks)
-        q_np = np.frombuffer(payload, dtype=np.int8, offset=4 * n_chunks)
-        absmax_out = torch.from_numpy(absmax_np)
-        q_out = torch.from_numpy(q_np)
-        one = torch.ones((), dtype=torch.float32)
-        scratch = _scratch(min(flat.numel(), max(chunk, BLOCK_VALUES)))
+        back = None if roundtrip is None else _float_view(roundtrip, numel)
+        absmax_out = torch.from_numpy(np.frombuffer(payload, dtype=FLOAT32_LE, count=n_chunks))
+        q_out = torch.from_numpy(np.frombuffer(payload, dtype=np.int8, offset=4 * n_chunks))
         # torch ops, not numpy: vectorised, release the GIL, same bits.
-        for row, rows in _blocks(flat, chunk):
-            n = rows.shape[0]
-            # max and -min instead of abs(): no temporary. "+ 0" turns the -0.0 of an
-            # all-zero chunk into +0.0.
-            a = torch.maximum(rows.amax(dim=1), rows.amin(dim=1).neg()) + 0.0
-            absmax_out[row : row + n] = a
-            # x / a first keeps everything in [-1, 1]: x * (127 / a) would overflow
-            # to Inf for subnormal a. A zero chunk divides by 1 and stays zero.
-            safe = torch.where(a > 0, a, one)[:, None]
-            scaled = scratch[: rows.numel()].view(rows.shape)
-            torch.div(rows, safe, out=scaled)
-            # round: half to even, as rint. No clamp: x <= a, so x / a <= 1 exactly
-            # (correct rounding of a quotient <= 1) and the codes stay in [-127, 127].
-            scaled.mul_(QMAX).round_()
-            start, stop = row * chunk, row * chunk + rows.numel()
-            q_out[start:stop].copy_(scaled.reshape(-1))
-            if back is not None:  # after the reads of rows: roundtrip may alias tensor
-                _dequantize(q_np[start:stop], absmax_np[row : row + n], back[start:stop], chunk)
+        for start, stop in _spans(numel, chunk):
+            c0, c1 = start // chunk, -(-stop // chunk)
+            codes = _rows(q_out, start, stop, chunk)
+            _quantize(_rows(flat, start, stop, chunk), absmax_out[c0:c1], codes)
+            if back is not None:  # after the reads of flat: roundtrip may alias tensor
+                _dequantize_rows(codes, absmax_out[c0:c1], _rows(back, start, stop, chunk))
         # amax/amin/maximum propagate NaN and Inf gives an Inf scale: checking the
         # n_chunks scales is the finite check of the whole input, for free.
         if n_chunks and not bool(torch.isfinite(absmax_out).all()):
@@ -183,9 +191,49 @@ class Int8Codec:
         chunk = encoded.chunk_size
         if not (0 <= start <= stop <= q.size) or start % chunk:
             raise ValueError(f"bad decode range [{start}, {stop}) of {q.size} values")
-        dest = _float_view(out, stop - start).numpy()
-        c0 = start // chunk
-        _dequantize(q[start:stop], absmax[c0 : c0 - (-(stop - start) // chunk)], dest, chunk)
+        dest = _float_view(out, stop - start)
+        c0, c1 = start // chunk, -(-stop // chunk)
+        _dequantize(q[start:stop], absmax[c0:c1], dest, chunk)
+
+    def accumulate_range(
+        self,
+        encoded: EncodedTensor,
+        start: int,
+        stop: int,
+        weight: float,
+        acc: torch.Tensor,
+        scratch: torch.Tensor,
+        *,
+        first: bool = False,
+    ) -> None:
+        """``acc += weight * values[start, stop)`` of a payload that passed `check`
+        (``acc = ...`` if ``first``), for a weighted sum. ``start`` is a multiple of the
+        chunk size; ``scratch`` is fp32 with at least ``stop - start`` values.
+
+        Each value is q * fp32(absmax * weight / 127): one widening copy and one fused
+        multiply-add per value, where ``weight * decode()`` would take five passes. So
+        the bits differ from that by a rounding or two (the reduce needs no exact
+        decode: only the owner computes the sum, and everyone gets its bytes).
+        """
+        absmax, q = self._views(encoded)
+        chunk = encoded.chunk_size
+        if not (0 <= start <= stop <= q.size) or start % chunk:
+            raise ValueError(f"bad accumulate range [{start}, {stop}) of {q.size} values")
+        dest = _float_view(acc, stop - start)
+        if scratch.dtype != torch.float32 or scratch.numel() < stop - start:
+            raise ValueError(f"scratch must be fp32 with at least {stop - start} values")
+        c0, c1 = start // chunk, -(-stop // chunk)
+        factor = torch.from_numpy((absmax[c0:c1] * np.float64(weight / QMAX)).astype(np.float32))
+        block = q[start:stop]
+        codes = torch.from_numpy(block if block.flags.writeable else block.copy())
+        for s0, s1 in _spans(stop - start, chunk):
+            f = factor[s0 // chunk : -(-s1 // chunk), None]
+            wide = _rows(scratch, s0, s1, chunk).copy_(_rows(codes, s0, s1, chunk))
+            rows = _rows(dest, s0, s1, chunk)
+            if first:
+                torch.mul(wide, f, out=rows)
+            else:
+                rows.addcmul_(wide, f)
 
     def _views(
         self, encoded: EncodedTensor
@@ -224,21 +272,27 @@ def _float_view(out: torch.Tensor, numel: int) -> torch.Tensor:
 def _dequantize(
     q: npt.NDArray[np.int8],
     absmax: npt.NDArray[np.float32],
-    out: npt.NDArray[np.float32],
+    out: torch.Tensor,
     chunk: int,
 ) -> None:
     """out = (q / 127) * scale of its chunk, in fp32: the one formula decode uses.
 
-    In torch where it can (int8 -> fp32, then an IEEE fp32 division by 127: the same
-    bits as numpy's, checked for all 255 codes by the tests; ~1.6x faster); numpy for
-    a read-only payload, which torch would not wrap without copying it.
+    In torch where it can (~1.6x faster than numpy, the same bits: checked for all 255
+    codes by the tests); numpy for a read-only payload, which torch would not wrap
+    without copying it.
     """
+    spans = _spans(q.size, chunk)
     if not q.flags.writeable:
-        for (row, rows), (_, q_rows) in zip(_blocks(out, chunk), _blocks(q, chunk), strict=True):
-            n = rows.shape[0]
-            np.divide(q_rows, np.float32(QMAX), out=rows, dtype=np.float32)
-            rows *= absmax[row : row + n, None]
+        dest = out.numpy()
+        for start, stop in spans:
+            c0, c1 = start // chunk, -(-stop // chunk)
+            rows = dest[start:stop].reshape(c1 - c0, -1)
+            np.divide(
+                q[start:stop].reshape(c1 - c0, -1), np.float32(QMAX), out=rows, dtype=np.float32
+            )
+            rows *= absmax[c0:c1, None]
         return
-    out_t, q_t, a_t = torch.from_numpy(out), torch.from_numpy(q), torch.from_numpy(absmax)
-    for (row, dest), (_, codes) in zip(_blocks(out_t, chunk), _blocks(q_t, chunk), strict=True):
-        dest.copy_(codes).div_(QMAX).mul_(a_t[row : row + dest.shape[0], None])
+    q_t, a_t = torch.from_numpy(q), torch.from_numpy(absmax)
+    for start, stop in spans:
+        c0, c1 = start // chunk, -(-stop // chunk)
+        _dequantize_rows(_rows(q_t, start, stop, chunk), a_t[c0:c1], _rows(out, start, stop, chunk))
