@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from shoal.training.run_config import ConfigError, dump_run_config, load_run_config
 from shoal.training.runner import round_config
@@ -89,3 +90,37 @@ def test_cli_exits_2_on_bad_config_without_joining(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "cannot import model factory" in out.stderr
     assert not (tmp_path / "n" / "node.key").exists()
+
+
+def test_model_init_starts_from_a_checkpoints_params(tmp_path: Path) -> None:
+    from shoal.training.checkpoint import Checkpoint, save_checkpoint
+    from shoal.training.model import tiny_gpt
+
+    pretrained = tiny_gpt(n_layer=1, n_embd=32, n_head=2)
+    gen = torch.Generator().manual_seed(123)  # "trained": unlike a fresh model's params
+    named = {
+        n: p.detach() + torch.randn(p.shape, generator=gen)
+        for n, p in pretrained.named_parameters()
+    }
+    ckpt = tmp_path / "pre.safetensors"
+    save_checkpoint(ckpt, Checkpoint(named, 0, None, {}))
+    text = GOOD.replace("[data]", f'init = "{ckpt}"\n\n[data]')
+    cfg = load_run_config(_write(tmp_path, text))
+    assert cfg.model_init == ckpt
+    model = cfg.build_model()
+    assert all(torch.equal(p, named[n]) for n, p in model.named_parameters())
+    fresh = load_run_config(_write(tmp_path, GOOD)).build_model()
+    assert not any(torch.equal(p, named[n]) for n, p in fresh.named_parameters())
+    assert load_run_config(_write(tmp_path, dump_run_config(cfg))) == cfg
+    # a checkpoint of another model, a corrupt file, a missing file: clear errors
+    small = dict(tiny_gpt(n_layer=1, n_embd=16, n_head=2).named_parameters())
+    other = tmp_path / "other.safetensors"
+    save_checkpoint(other, Checkpoint({n: p.detach() for n, p in small.items()}, 0, None, {}))
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(ckpt.read_bytes()[:-100])
+    for path, match in [(other, "has shape"), (bad, "model.init"), (tmp_path / "no", "model.init")]:
+        cfg = load_run_config(
+            _write(tmp_path, GOOD.replace("[data]", f'init = "{path}"\n\n[data]'))
+        )
+        with pytest.raises(ConfigError, match=match):
+            cfg.build_model()

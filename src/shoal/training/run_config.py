@@ -18,6 +18,7 @@ secure_aggregation = false  # SecAgg: the group's collector sees only the sum (m
 [model]
 factory = "shoal.training.model:tiny_gpt"   # importable "module:callable" -> nn.Module
 kwargs = {}                                 # model(x, y) must return the loss
+init = "pretrained.safetensors"             # optional: start from a shoal checkpoint's params
 
 [data]
 path = "stdlib"          # or a local text file / directory
@@ -59,6 +60,7 @@ from shoal.aggregation import AGGREGATORS
 from shoal.privacy.settings import DEFAULT_DELTA, DpSettings, DpSgdSettings
 from shoal.secagg.group_driver import require_mean
 from shoal.secagg.network_messages import MAX_SECAGG_GROUP
+from shoal.training.checkpoint import CheckpointError, load_checkpoint
 
 COMPRESSIONS = ("none", "int8", "int4")
 
@@ -88,6 +90,9 @@ class RunConfig:
     secure_aggregation: bool = False
     model_factory: str = "shoal.training.model:tiny_gpt"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    # A shoal checkpoint (DiLoCo.save_checkpoint, `shoal train`) whose params the model
+    # starts from, e.g. one pretrained on one node; every peer must name the same file.
+    model_init: Path | None = None
     data_path: str = "stdlib"
     batch_size: int = 16
     block_size: int = 64
@@ -146,7 +151,32 @@ class RunConfig:
         model = factory(**self.model_kwargs)
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"{self.model_factory} returned {type(model).__name__}, not a Module")
+        if self.model_init is not None:
+            _load_init(model, self.model_init)
         return model
+
+
+def _load_init(model: torch.nn.Module, path: Path) -> None:
+    """Copy a checkpoint's params into ``model``; any name or shape mismatch is an error."""
+    try:
+        ckpt = load_checkpoint(path)
+    except (OSError, CheckpointError) as exc:
+        raise ConfigError(f"model.init: {exc}") from exc
+    own = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(own) != set(ckpt.params):
+        missing, extra = sorted(set(own) - set(ckpt.params)), sorted(set(ckpt.params) - set(own))
+        raise ConfigError(
+            f"model.init {path}: params missing {missing[:5]}, unexpected {extra[:5]}"
+        )
+    with torch.no_grad():
+        for name, p in own.items():
+            src = ckpt.params[name]
+            if src.shape != p.shape:
+                raise ConfigError(
+                    f"model.init {path}: {name} has shape {tuple(src.shape)}, "
+                    f"the model {tuple(p.shape)}"
+                )
+            p.copy_(src)
 
 
 _SECTIONS: dict[str, dict[str, str]] = {
@@ -158,7 +188,7 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "seed": "seed", "overlap": "overlap", "aggregator": "aggregator",
         "secure_aggregation": "secure_aggregation",
     },
-    "model": {"factory": "model_factory", "kwargs": "model_kwargs"},
+    "model": {"factory": "model_factory", "kwargs": "model_kwargs", "init": "model_init"},
     "data": {
         "path": "data_path", "batch_size": "batch_size", "block_size": "block_size",
         "rank": "rank", "world": "world",
@@ -191,7 +221,7 @@ def load_run_config(path: Path) -> RunConfig:
     for required in ("name", "data_dir"):
         if required not in values:
             raise ConfigError(f"{path}: missing {required}")
-    for p in ("data_dir", "progress_file", "result_file"):
+    for p in ("data_dir", "progress_file", "result_file", "model_init"):
         if p in values:
             values[p] = Path(values[p])
     try:
