@@ -115,7 +115,7 @@ PROBE_INTERVAL_S = 5.0
 PROBE_FAILURES = 2  # consecutive failed probes before a member counts as dead
 SEND_ATTEMPTS = 3  # transport errors (not refusals) before a member counts as dead
 REDUCE_AT_FRACTION = 0.5
-REDUCE_BLOCK_VALUES = 1 << 20  # the reduce works 1 MiB of fp32 at a time: stays in cache
+REDUCE_BLOCK_VALUES = 1 << 19  # the reduce works 2 MiB of fp32 at a time: stays in cache
 _BACKOFF_START_S = 0.005
 _BACKOFF_MAX_S = 0.25
 
