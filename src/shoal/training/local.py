@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -39,6 +39,7 @@ class TrainResult:
     model_hash: str = ""
     bytes_sent: int = 0  # per peer, all rounds (DiLoCo only)
     bytes_fp32: int = 0  # what bytes_sent would be uncompressed
+    model: GPT | None = None  # the trained model (single node only)
 
 
 # "striped": what real nodes do (`Corpus.batches(shard=(rank, world))`: interleaved
@@ -108,11 +109,15 @@ def train_single_node(
     seed: int = 0,
     eval_every: int = 0,
     eval_batches: int = 8,
+    init: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
-    """Plain AdamW for `steps` steps on the whole training split: the baseline."""
+    """Plain AdamW for `steps` steps on the whole training split: the baseline.
+    ``init``: a state dict to start from instead of the seed's fresh model."""
     config = config or GPTConfig()
     corpus = corpus or stdlib_corpus()
     model = GPT(config, seed=seed)
+    if init is not None:
+        model.load_state_dict(init)
     opt = _inner_optimizer(model, lr)
     batches = corpus.batches("train", batch_size, config.block_size, seed=seed)
     initial = evaluate(model, corpus, eval_batches)
@@ -129,6 +134,7 @@ def train_single_node(
             log.info("single step %d: train %.3f held-out %.3f", step, loss.item(), held)
     result.final_loss = result.history[-1][1]
     result.model_hash = model_hash(flatten_params(model.parameters()))
+    result.model = model
     return result
 
 
@@ -151,6 +157,7 @@ def simulate_diloco_inprocess(
     average_inner_state: bool = False,
     rescale_outer: bool = False,
     overlap: OverlapMode = "off",
+    init: Mapping[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """DiLoCo with `n_peers` replicas run one after another in this process.
 
@@ -174,6 +181,9 @@ def simulate_diloco_inprocess(
     config = config or GPTConfig()
     corpus = corpus or stdlib_corpus()
     models = [GPT(config, seed=seed) for _ in range(n_peers)]  # same seed: same init
+    if init is not None:  # e.g. a checkpoint pretrained on one node
+        for m in models:
+            m.load_state_dict(init)
     global_flat = flatten_params(models[0].parameters())
     numel = global_flat.numel()
     outer = OuterOptimizer(lr=outer_lr, momentum=outer_momentum, nesterov=outer_nesterov)

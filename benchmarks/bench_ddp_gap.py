@@ -1,0 +1,126 @@
+"""Where DiLoCo's loss gap to per-step DDP comes from: in-process, same steps per peer.
+
+    python benchmarks/bench_ddp_gap.py [--pretrain 1000] [--steps 1000] [--peers 4]
+        [--arms "ddp;single;diloco:H=100;diloco:H=250,olr=2"] [--json]
+
+Every arm starts from the same model: a fresh one, or (``--pretrain K``) one trained
+K steps on one node first (the DiLoCo paper's protocol), and then runs ``--steps``
+local steps per peer. Arms:
+
+- ``ddp``     the synchronous data-parallel baseline: one model, batch peers x B. That
+              is DDP's math (the gradient averaged over the peers' batches every step),
+              without the processes; `bench_ddp_vs_diloco.py` runs real DDP over gloo.
+- ``single``  one node alone, batch B: what no communication at all gets.
+- ``diloco``  `simulate_diloco_inprocess`, the nodes' math (int8 + error feedback),
+              H local steps per round.
+
+Options per arm (``name:key=value,...``): ``H``, ``olr`` (outer lr), ``mom`` (outer
+Nesterov momentum), ``lr`` (inner AdamW lr), ``bs`` (per-peer batch B), ``codec``.
+Loss: held-out, ``--eval-batches`` fixed batches of 16. One torch thread.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from typing import Any
+
+import torch
+
+from shoal.training.data import stdlib_corpus
+from shoal.training.local import simulate_diloco_inprocess, train_single_node
+from shoal.training.model import GPT, GPTConfig, evaluate
+
+DEFAULTS: dict[str, Any] = {"H": 100, "olr": 1.0, "mom": 0.0, "lr": 3e-3, "bs": 16, "codec": "int8"}
+PRETRAIN_SEED = 12345  # the pretraining stream differs from every arm's
+
+
+def parse_arm(spec: str) -> tuple[str, dict[str, Any]]:
+    kind, _, rest = spec.partition(":")
+    if kind not in ("ddp", "single", "diloco"):
+        raise SystemExit(f"unknown arm {kind!r}")
+    opts = dict(DEFAULTS)
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in DEFAULTS:
+            raise SystemExit(f"unknown option {key!r} in {spec!r}")
+        opts[key] = type(DEFAULTS[key])(value)
+    return kind, opts
+
+
+def pretrained(steps: int, eval_batches: int) -> tuple[dict[str, torch.Tensor] | None, float]:
+    """The shared starting point: the seed-0 model, trained ``steps`` steps on one node."""
+    corpus = stdlib_corpus()
+    model = GPT(GPTConfig(), seed=0)
+    if steps == 0:
+        return None, evaluate(model, corpus, eval_batches)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
+    batches = corpus.batches("train", 16, model.cfg.block_size, seed=PRETRAIN_SEED)
+    for _ in range(steps):
+        x, y = next(batches)
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.state_dict(), evaluate(model, corpus, eval_batches)
+
+
+def run_arm(
+    kind: str, o: dict[str, Any], steps: int, peers: int, init: Any, eval_batches: int
+) -> float:
+    corpus = stdlib_corpus()
+    if kind in ("ddp", "single"):
+        bs = o["bs"] * (peers if kind == "ddp" else 1)
+        res = train_single_node(
+            steps, corpus=corpus, batch_size=bs, lr=o["lr"], init=init, eval_batches=eval_batches
+        )
+        return res.final_loss
+    res = simulate_diloco_inprocess(
+        peers, steps // o["H"], o["H"], corpus=corpus, batch_size=o["bs"], inner_lr=o["lr"],
+        outer_lr=o["olr"], outer_momentum=o["mom"], outer_nesterov=o["mom"] > 0,
+        codec=o["codec"], init=init, eval_batches=eval_batches,
+    )  # fmt: skip
+    return res.final_loss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pretrain", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--peers", type=int, default=4)
+    ap.add_argument("--arms", default="ddp;single;diloco:H=100;diloco:H=250")
+    ap.add_argument("--eval-batches", type=int, default=32)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    init, start = pretrained(args.pretrain, args.eval_batches)
+    rows = []
+    for spec in args.arms.split(";"):
+        kind, opts = parse_arm(spec)
+        t0 = time.monotonic()
+        loss = run_arm(kind, opts, args.steps, args.peers, init, args.eval_batches)
+        rows.append({"arm": spec, "loss": round(loss, 4), "wall_s": round(time.monotonic() - t0)})
+    ddp = next((r["loss"] for r in rows if r["arm"].startswith("ddp")), None)
+    for r in rows:
+        r["gap_vs_ddp"] = None if ddp is None else round(r["loss"] / ddp - 1, 4)
+    result = {
+        "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
+        "pretrain_steps": args.pretrain, "start_loss": round(start, 4), "steps": args.steps,
+        "peers": args.peers, "rows": rows,
+    }  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+        return
+    print(f"start loss {start:.4f} (pretrain {args.pretrain} steps), {args.steps} steps per peer")
+    print("| arm | held-out loss | vs ddp |")
+    print("|---|---:|---:|")
+    for r in rows:
+        gap = "" if r["gap_vs_ddp"] is None else f"{100 * r['gap_vs_ddp']:+.1f}%"
+        print(f"| {r['arm']} | {r['loss']:.4f} | {gap} |")
+
+
+if __name__ == "__main__":
+    main()
