@@ -213,6 +213,41 @@ def test_lost_group_message_is_resent_on_rejoin() -> None:
     assert not any(w.of_type(i, GroupFallback) for i in range(n))
 
 
+def test_a_join_after_the_group_formed_is_told_so_and_falls_back_at_once() -> None:
+    n = 4
+    w = World(n, cfg(target_samples=800, group_size=n))
+    order = sorted(range(n), key=lambda i: w.contacts[i].peer_id.raw)
+    late = order[3]
+    formed: list[float] = []
+    joins: list[tuple[float, int]] = []
+
+    def on_event(i: int, ev: object) -> None:
+        if i == order[0] and isinstance(ev, GroupFormed) and not formed:
+            formed.append(w.now)
+
+    def drop(src: int, dst: int, msg: object) -> bool:
+        if src == late and isinstance(msg, RoundJoin):
+            joins.append((w.now, dst))
+            return not formed  # the late peer's joins are lost until the group formed
+        return False
+
+    w.on_event, w.drop = on_event, drop
+    w.start_all()
+    w.run_until(40.0)
+    assert formed
+    g0 = w.final_group(order[0])
+    assert g0 is not None and w.contacts[late] not in g0.members and len(g0.members) == n - 1
+    fb = [e for e in w.of_type(late, GroupFallback) if isinstance(e, GroupFallback)]
+    assert len(fb) == 1 and "formed without us" in fb[0].reason
+    # it asked its first leader twice (the first join lost) and no other leader
+    assert [dst for _, dst in joins] == [order[0], order[0]]
+    fell = next(t for t, ev in w.events[late] if isinstance(ev, GroupFallback))
+    assert fell - joins[-1][0] < 0.2  # one round trip after the join that got through
+    assert w.cores[order[0]].rejections["group already formed"] == 1
+    assert w.cores[late].rejections["group formed without us"] == 1
+    assert_consistent(w, n)
+
+
 def test_determinism_by_seed() -> None:
     def run(seed: int) -> list[str]:
         w = World(12, cfg(target_samples=3000), seed=seed)

@@ -580,7 +580,19 @@ class RoundCore:
                     self.attempt,
                 )
                 return [*out, Send(sender, group)]
-            return out + self._reject(sender, msg, "group already formed")
+            # Tell a late joiner its group formed without it (the members, not it):
+            # silence cost it two leader tries, ~20 s on the testbed, before it fell
+            # back to averaging alone and catching up, which it can now do at once.
+            formed = RoundGroup(
+                self.run,
+                self.round_no,
+                self.model_version,
+                self.members,
+                self.member_samples,
+                sum(self.member_samples),
+                self.attempt,
+            )
+            return [*out, *self._reject(sender, msg, "group already formed"), Send(sender, formed)]
         return out + self._reject(sender, msg, "not the leader")
 
     def _on_group(self, now: float, sender: Contact, msg: RoundGroup) -> list[Action]:
@@ -589,6 +601,12 @@ class RoundCore:
             return self._reject(sender, msg, reason)
         ids = {m.peer_id for m in msg.members}
         if self.me.peer_id not in ids:
+            if self.phase is Phase.WAITING and sender.peer_id == self._leader:
+                # Our leader formed its group before our join came: no other leader
+                # of ours will take us either (they are its members), so average
+                # alone now; the head vote then brings us the group's result.
+                self.rejections["group formed without us"] += 1
+                return self._fallback(now, "our leader's group formed without us")
             return self._reject(sender, msg, "not a member")
         if sender.peer_id not in ids:
             return self._reject(sender, msg, "sender not in the group")
