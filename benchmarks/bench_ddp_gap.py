@@ -31,8 +31,12 @@ from typing import Any
 import torch
 
 from shoal.training.data import stdlib_corpus
-from shoal.training.local import simulate_diloco_inprocess, train_single_node
-from shoal.training.model import GPT, GPTConfig, evaluate
+from shoal.training.local import (
+    pretrain_single_node,
+    simulate_diloco_inprocess,
+    train_single_node,
+)
+from shoal.training.model import evaluate
 
 DEFAULTS: dict[str, Any] = {"H": 100, "olr": 1.0, "mom": 0.0, "lr": 3e-3, "bs": 16, "codec": "int8"}
 PRETRAIN_SEED = 12345  # the pretraining stream differs from every arm's
@@ -53,19 +57,9 @@ def parse_arm(spec: str) -> tuple[str, dict[str, Any]]:
 
 def pretrained(steps: int, eval_batches: int) -> tuple[dict[str, torch.Tensor] | None, float]:
     """The shared starting point: the seed-0 model, trained ``steps`` steps on one node."""
-    corpus = stdlib_corpus()
-    model = GPT(GPTConfig(), seed=0)
-    if steps == 0:
-        return None, evaluate(model, corpus, eval_batches)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.1)
-    batches = corpus.batches("train", 16, model.cfg.block_size, seed=PRETRAIN_SEED)
-    for _ in range(steps):
-        x, y = next(batches)
-        loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.state_dict(), evaluate(model, corpus, eval_batches)
+    model = pretrain_single_node(steps, stream_seed=PRETRAIN_SEED)
+    loss = evaluate(model, stdlib_corpus(), eval_batches)
+    return (model.state_dict() if steps else None), loss
 
 
 def run_arm(

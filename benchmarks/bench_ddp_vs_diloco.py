@@ -12,6 +12,10 @@ own data shard with the same batch size (same compute per peer):
   traffic (DHT, SWIM, rounds) included.
 
     python benchmarks/bench_ddp_vs_diloco.py [--peers 4] [--rounds 10] [--inner-steps 30]
+        [--compression int8|int4|none] [--progress-interval-s 1] [--pretrain K]
+
+``--pretrain K``: every arm (DDP, the swarm, one node alone) starts from the demo model
+trained K steps on one node, as the DiLoCo paper starts from a pretrained model.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
+from shoal.training.checkpoint import Checkpoint, save_checkpoint
 from shoal.training.data import stdlib_corpus
 from shoal.training.demo import DemoConfig, run_demo
+from shoal.training.local import pretrain_single_node
 from shoal.training.model import GPT, GPTConfig, evaluate, num_params
+from shoal.training.run_config import load_init_params
 
 BATCH = 16
 LR = 3e-3
@@ -44,13 +51,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ddp_worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
+def _ddp_worker(rank: int, world: int, port: int, steps: int, out: str, init: str | None) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     corpus = stdlib_corpus()
     model = GPT(GPTConfig(), seed=0)
+    if init is not None:
+        load_init_params(model, Path(init))
     ddp = DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=LR, weight_decay=0.1)
     batches = corpus.batches("train", BATCH, model.cfg.block_size, seed=0, shard=(rank, world))
@@ -67,10 +76,11 @@ def _ddp_worker(rank: int, world: int, port: int, steps: int, out: str) -> None:
     dist.destroy_process_group()
 
 
-def run_ddp(world: int, steps: int) -> dict[str, float]:
+def run_ddp(world: int, steps: int, init: Path | None = None) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "ddp.json")
-        mp.spawn(_ddp_worker, args=(world, _free_port(), steps, out), nprocs=world, join=True)
+        args = (world, _free_port(), steps, out, None if init is None else str(init))
+        mp.spawn(_ddp_worker, args=args, nprocs=world, join=True)
         result: dict[str, float] = json.loads(Path(out).read_text())
         return result
 
@@ -83,20 +93,37 @@ def main() -> None:
     ap.add_argument("--outer-lr", type=float, default=DemoConfig.outer_lr)
     ap.add_argument("--outer-momentum", type=float, default=DemoConfig.outer_momentum)
     ap.add_argument("--deadline-s", type=float, default=DemoConfig.deadline_s)
+    ap.add_argument("--compression", default=DemoConfig.compression)
+    ap.add_argument("--progress-interval-s", type=float, default=DemoConfig.progress_interval_s)
+    ap.add_argument(
+        "--pretrain", type=int, default=0,
+        help="start every arm from the demo model trained this many steps on one node",
+    )  # fmt: skip
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     steps = args.rounds * args.inner_steps
     numel = num_params(GPT(GPTConfig()))
     n = args.peers
-    ddp = run_ddp(n, steps)
-    ddp_bytes = int(steps * n * 2 * (n - 1) / n * 4 * numel)
     with tempfile.TemporaryDirectory() as tmp:
+        init = None
+        start_loss = None
+        if args.pretrain:
+            model = pretrain_single_node(args.pretrain)
+            start_loss = round(evaluate(model, stdlib_corpus()), 4)
+            init = Path(tmp) / "pretrained.safetensors"
+            named = {k: p.detach() for k, p in model.named_parameters()}
+            save_checkpoint(
+                init, Checkpoint(named, 0, None, {"pretrain_steps": str(args.pretrain)})
+            )
+        ddp = run_ddp(n, steps, init)
         cfg = DemoConfig(
-            nodes=n, rounds=args.rounds, inner_steps=args.inner_steps, out=Path(tmp),
+            nodes=n, rounds=args.rounds, inner_steps=args.inner_steps, out=Path(tmp) / "demo",
             outer_lr=args.outer_lr, outer_momentum=args.outer_momentum, ledger=False,
-            deadline_s=args.deadline_s,
+            deadline_s=args.deadline_s, compression=args.compression,
+            progress_interval_s=args.progress_interval_s, model_init=init,
         )  # fmt: skip
         shoal = run_demo(cfg)
+    ddp_bytes = int(steps * n * 2 * (n - 1) / n * 4 * numel)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
         "peers": n,
@@ -106,6 +133,11 @@ def main() -> None:
         "ddp_bytes": ddp_bytes,
         "shoal_loss": shoal["swarm_loss"],
         "shoal_bytes": shoal["bytes_sent"],
+        "shoal_averaging_bytes": shoal["averaging_bytes_sent"],
+        "pretrain_steps": args.pretrain,
+        "start_loss": start_loss,
+        "compression": args.compression,
+        "progress_interval_s": args.progress_interval_s,
         "single_node_loss": shoal["single_node_loss"],
         "communication_ratio": round(ddp_bytes / shoal["bytes_sent"], 1),
         "loss_gap_vs_ddp": round(shoal["swarm_loss"] / ddp["loss"] - 1, 4),
@@ -121,7 +153,7 @@ def main() -> None:
     print("| run | held-out loss | bytes sent (all peers) |")
     print("|---|---:|---:|")
     print(f"| DDP, gloo, every step | {result['ddp_loss']} | {ddp_bytes:,} |")
-    print(f"| shoal DiLoCo, int8, H={args.inner_steps} | {result['shoal_loss']} | "
+    print(f"| shoal DiLoCo, {args.compression}, H={args.inner_steps} | {result['shoal_loss']} | "
           f"{result['shoal_bytes']:,} |")  # fmt: skip
     print(f"| one node alone (same steps) | {result['single_node_loss']} | 0 |")
     print(

@@ -52,6 +52,7 @@ class DemoConfig:
     outer_momentum: float = 0.0
     ledger: bool = True  # signed feeds + a dev chain; `shoal verify` checks the result
     progress_interval_s: float = 1.0  # round progress publish/poll period (RunConfig)
+    model_init: Path | None = None  # a checkpoint every node (and the baseline) starts from
 
 
 Progress = Callable[[int, dict[str, Any]], None]
@@ -64,7 +65,7 @@ def node_config(cfg: DemoConfig, i: int, bootstrap: list[str]) -> RunConfig:
         expected_peers=cfg.nodes, deadline_s=cfg.deadline_s, compression=cfg.compression,
         batch_size=cfg.batch_size, rank=i, world=cfg.nodes, bootstrap=bootstrap,
         outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
-        progress_interval_s=cfg.progress_interval_s,
+        progress_interval_s=cfg.progress_interval_s, model_init=cfg.model_init,
         progress_file=d / "progress.jsonl", result_file=d / "result.json",
     )  # fmt: skip
 
@@ -193,19 +194,23 @@ def summarize(
     model.load_state_dict({k: v for k, v in ckpt.params.items()}, strict=False)
     swarm_loss = evaluate(model, corpus)
     steps = max(r["local_steps"] for r in results)
+    init = c0.build_model().state_dict() if c0.model_init is not None else None
     single = train_single_node(
-        steps, corpus=corpus, batch_size=cfg.batch_size, lr=c0.inner_lr, seed=c0.seed
+        steps, corpus=corpus, batch_size=cfg.batch_size, lr=c0.inner_lr, seed=c0.seed, init=init
     )
     numel = int(results[0]["numel"])
     n = len(results)
     # Per-step DDP: a ring all-reduce of fp32 gradients sends 2(n-1)/n of them per peer.
     ddp_bytes = int(steps * n * 2 * (n - 1) / n * 4 * numel)
     bytes_sent = sum(int(r["bytes_sent"]) for r in results)
+    # of which the all-reduce streams (the rest: DHT, SWIM, rounds, state sync)
+    averaging = sum(int(h.get("bytes_sent", 0)) for r in results for h in r["history"])
     return {
         "swarm_loss": round(swarm_loss, 4),
         "single_node_loss": round(single.final_loss, 4),
         "initial_loss": round(single.initial_loss, 4),
         "bytes_sent": bytes_sent,
+        "averaging_bytes_sent": averaging,
         "ddp_equivalent_bytes": ddp_bytes,
         "communication_ratio": round(ddp_bytes / max(1, bytes_sent), 1),
         "rounds": max(r["rounds"] for r in results),

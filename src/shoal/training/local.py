@@ -138,6 +138,23 @@ def train_single_node(
     return result
 
 
+def pretrain_single_node(steps: int, *, seed: int = 0, stream_seed: int = 12345) -> GPT:
+    """The seed's fresh demo model after ``steps`` AdamW steps (batch 16, lr 3e-3) on
+    one node: a shared starting point for comparisons (the DiLoCo paper starts from a
+    pretrained model). ``stream_seed``: its batches differ from any run's seed-0 ones."""
+    corpus = stdlib_corpus()
+    model = GPT(GPTConfig(), seed=seed)
+    opt = _inner_optimizer(model, 3e-3)
+    batches = corpus.batches("train", 16, model.cfg.block_size, seed=stream_seed)
+    for _ in range(steps):
+        x, y = next(batches)
+        loss = model(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model
+
+
 def simulate_diloco_inprocess(
     n_peers: int,
     rounds: int,

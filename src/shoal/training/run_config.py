@@ -152,11 +152,11 @@ class RunConfig:
         if not isinstance(model, torch.nn.Module):
             raise ConfigError(f"{self.model_factory} returned {type(model).__name__}, not a Module")
         if self.model_init is not None:
-            _load_init(model, self.model_init)
+            load_init_params(model, self.model_init)
         return model
 
 
-def _load_init(model: torch.nn.Module, path: Path) -> None:
+def load_init_params(model: torch.nn.Module, path: Path) -> None:
     """Copy a checkpoint's params into ``model``; any name or shape mismatch is an error."""
     try:
         ckpt = load_checkpoint(path)
