@@ -149,3 +149,19 @@ def test_error_feedback_keeps_the_sum_of_updates_on_track() -> None:
     assert residual is not None
     assert torch.allclose(true_sum - sent_sum, residual, atol=1e-4)
     assert float((true_sum - sent_sum).abs().max()) < 1.0  # one round's error, not 30
+
+
+def test_roundtrip_and_accumulate_match_decode() -> None:
+    codec = Int4Codec(chunk_size=64)
+    x = torch.randn(1000, generator=torch.Generator().manual_seed(4))
+    back = x.clone()
+    enc = codec.encode(back, roundtrip=back)  # aliasing the input is allowed
+    assert torch.equal(back, codec.decode(enc))
+    decoded = codec.decode(enc)
+    acc, scratch = torch.empty(1000 - 128), torch.empty(2000)
+    codec.accumulate_range(enc, 128, 1000, 0.25, acc, scratch, first=True)
+    assert torch.equal(acc, decoded[128:] * 0.25)
+    codec.accumulate_range(enc, 128, 1000, 0.5, acc, scratch)
+    assert torch.allclose(acc, decoded[128:] * 0.75, atol=1e-6)
+    with pytest.raises(ValueError):
+        codec.accumulate_range(enc, 128, 1000, 1.0, acc, torch.empty(10))

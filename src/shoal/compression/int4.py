@@ -61,8 +61,18 @@ class Int4Codec:
             raise ValueError(f"chunk_size must be even and in [2, {MAX_CHUNK_SIZE}]")
         self.chunk_size = chunk_size
 
-    def encode(self, tensor: torch.Tensor, out: Buffer | None = None) -> EncodedTensor:
-        """Encode ``tensor``; into ``out`` (writable, exactly the payload size) if given."""
+    def encode(
+        self,
+        tensor: torch.Tensor,
+        out: Buffer | None = None,
+        *,
+        roundtrip: torch.Tensor | None = None,
+    ) -> EncodedTensor:
+        """Encode ``tensor``; into ``out`` (writable, exactly the payload size) if given.
+
+        ``roundtrip`` (contiguous fp32, same numel, may be ``tensor`` itself) receives
+        ``decode(result)``, bit for bit (the all-reduce's owner keeps what it sends).
+        """
         flat = torch.from_numpy(flat_float32(tensor, check_finite=False))
         numel, chunk = flat.numel(), self.chunk_size
         n_chunks = -(-numel // chunk)
@@ -94,7 +104,35 @@ class Int4Codec:
         # amax/amin propagate NaN and Inf gives an Inf scale: the scales are the check.
         if n_chunks and not bool(torch.isfinite(absmax).all()):
             raise non_finite_error(flat)
-        return EncodedTensor(self.name, tuple(tensor.shape), payload, chunk_size=chunk)
+        encoded = EncodedTensor(self.name, tuple(tensor.shape), payload, chunk_size=chunk)
+        if roundtrip is not None:  # after every read of tensor: roundtrip may alias it
+            self.decode_range(encoded, 0, numel, roundtrip.view(-1))
+        return encoded
+
+    def accumulate_range(
+        self,
+        encoded: EncodedTensor,
+        start: int,
+        stop: int,
+        weight: float,
+        acc: torch.Tensor,
+        scratch: torch.Tensor,
+        *,
+        first: bool = False,
+    ) -> None:
+        """``acc += weight * values[start, stop)`` of a payload that passed `check`
+        (``acc = ...`` if ``first``): the all-reduce's weighted sum, as for int8.
+        ``scratch`` is fp32 with at least ``stop - start`` values."""
+        if scratch.dtype != torch.float32 or scratch.numel() < stop - start:
+            raise ValueError(f"scratch must be fp32 with at least {stop - start} values")
+        if acc.numel() != stop - start:
+            raise ValueError(f"acc must hold {stop - start} values")
+        values = scratch[: stop - start]
+        self.decode_range(encoded, start, stop, values)
+        if first:
+            torch.mul(values, weight, out=acc.view(-1))
+        else:
+            acc.view(-1).add_(values, alpha=weight)
 
     def check(self, encoded: EncodedTensor) -> None:
         """Everything decode checks about an untrusted payload: raises
