@@ -110,20 +110,30 @@ def test_non_finite_input_is_refused_by_the_free_scale_check() -> None:
             codec.encode(x)
 
 
-def test_torch_and_numpy_dequantize_agree_on_every_code() -> None:
-    """decode takes a torch path for writable payloads and numpy for read-only ones;
-    both must give the same bits (q / 127 as an IEEE fp32 division) for all 255 codes."""
+def test_decode_formula_on_every_code_read_only_or_not() -> None:
+    """decode is q * fp32(absmax / 127) (IEEE fp32 division), or fp32(q / 127) * absmax
+    for a chunk whose absmax / 127 is subnormal or whose absmax is >= 2^127; read-only
+    and writable payloads give the same bits, for all 255 codes."""
     codes = np.arange(-127, 128, dtype=np.int8)
-    scales = np.array([1.0, 3.7e-3, 1.2e30, 1e-40], dtype=np.float32)  # incl. subnormal
-    payload = scales.tobytes() + np.tile(codes, 4)[: 4 * 255].tobytes()
-    enc_ro = EncodedTensor("int8", (4 * 255,), payload, chunk_size=255)
-    enc_rw = EncodedTensor("int8", (4 * 255,), bytearray(payload), chunk_size=255)
+    scales = np.array([1.0, 3.7e-3, 1.2e30, 1e-40, 2e-36, 3.4028235e38], dtype=np.float32)
+    rows = len(scales)
+    payload = scales.tobytes() + np.tile(codes, rows).tobytes()
+    enc_ro = EncodedTensor("int8", (rows * 255,), payload, chunk_size=255)
+    enc_rw = EncodedTensor("int8", (rows * 255,), bytearray(payload), chunk_size=255)
     codec = Int8Codec(chunk_size=255)
     got_ro, got_rw = codec.decode(enc_ro), codec.decode(enc_rw)
-    expected = (np.divide(np.tile(codes, 4), np.float32(127), dtype=np.float32)).reshape(4, 255)
-    expected = (expected * scales[:, None]).reshape(-1)
+    q = np.tile(codes, (rows, 1)).astype(np.float32)
+    with np.errstate(over="ignore"):  # the top row overflows: why it takes the other formula
+        fast = q * (scales / np.float32(127))[:, None]
+    slow = np.divide(q, np.float32(127), dtype=np.float32) * scales[:, None]
+    edge = (scales < 127 * 2.0**-126) | (scales >= 2.0**127)
+    expected = np.where(edge[:, None], slow, fast).reshape(-1)
     assert np.array_equal(got_ro.numpy(), expected)
     assert np.array_equal(got_rw.numpy(), expected)
+    assert not np.array_equal(fast[3], slow[3])  # not vacuous: the subnormal row differs
+    assert np.isinf(fast[5]).any() and np.isfinite(got_rw.numpy()).all()  # and the top one
+    err = np.abs(slow[3].astype(np.float64) - codes * (1e-40 / 127))
+    assert (err <= max_abs_error(np.float32(1e-40)) - 1e-40 / 127 / 2).all()
 
 
 def test_tiny_scales_take_the_division_path_and_stay_in_bound() -> None:

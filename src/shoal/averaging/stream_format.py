@@ -54,7 +54,10 @@ STATUS_TEXT = {
 
 _HEADER = struct.Struct("<4sHH")
 _MAGIC = b"SHAR"
-_FORMAT_VERSION = 1
+# 2: int8 averaged shards decode as q * fp32(absmax / 127) (1 used (q / 127) * absmax).
+# Members must decode an owner's bytes alike, so a member of the other version refuses
+# the shard rather than end up with different bits.
+_FORMAT_VERSION = 2
 
 
 class BadTag(ValueError):

@@ -3,8 +3,11 @@
 The flat tensor is cut into chunks of `chunk_size` values (the last may be short).
 For each chunk, with a = max |x| and scale = a / 127, every value is sent as
 q = round(x * fp32(127 / a)) ~= x / scale, an int8 in [-127, 127]; the receiver
-computes (q / 127) * a in fp32 (that formula, exactly, since members must agree on
-the bits).
+computes q * fp32(a / 127) in fp32 (that formula, exactly, since members must agree
+on the bits), except for a chunk at either end of the fp32 range (a < 127 * 2**-126,
+where a / 127 is subnormal, or a >= 2**127, where 127 * fp32(a / 127) can round past
+the largest float), which decodes as fp32(q / 127) * a so as to stay within the bound
+below.
 
 Payload layout (little-endian): n_chunks fp32 absmax values, then numel int8 values.
 So the cost is 1 byte per value plus 4 bytes per chunk (0.1% at 4096).
@@ -38,6 +41,10 @@ from shoal.compression.codec import (
 DEFAULT_CHUNK_SIZE = 4096
 QMAX = 127  # symmetric: -128 is never produced, so it is rejected on decode
 MAX_CHUNK_SIZE = 1 << 24  # bounds the per-chunk work an attacker can ask for
+# Chunks with absmax outside [_MIN, _MAX) decode by the slower formula: below, absmax / 127
+# is a subnormal fp32; from _MAX on, q * fp32(absmax / 127) may overflow. See the docstring.
+_MIN_FAST_DECODE_ABSMAX = QMAX * 2.0**-126
+_MAX_FAST_DECODE_ABSMAX = 2.0**127
 BLOCK_VALUES = 1 << 19  # values per encode/decode step: 2 MiB of fp32, in cache
 
 
@@ -107,10 +114,20 @@ def _quantize(rows: torch.Tensor, absmax: torch.Tensor, codes: torch.Tensor) -> 
     codes.copy_(scaled.round_())
 
 
-def _dequantize_rows(codes: torch.Tensor, absmax: torch.Tensor, out: torch.Tensor) -> None:
-    """One span: out = (q / 127) * absmax of its row, in fp32 (the formula decode uses:
-    int8 -> fp32, then an IEEE fp32 division by 127, then the multiply)."""
-    out.copy_(codes).div_(QMAX).mul_(absmax[:, None])
+def _dequantize_rows(
+    codes: torch.Tensor, absmax: npt.NDArray[np.float32], out: torch.Tensor
+) -> None:
+    """One span: out = q * fp32(absmax / 127) of its row (IEEE fp32 division, then
+    int8 -> fp32 and one multiply per value), the formula every decode uses. Two passes
+    over the values; (q / 127) * absmax took three. Rows at the ends of the fp32 range
+    (see the module docstring) are redone as fp32(q / 127) * absmax. The per-row
+    numbers are worked in numpy: torch ops on a few hundred values cost several times
+    more (and each releases and retakes the GIL)."""
+    scale = np.divide(absmax, np.float32(QMAX))
+    out.copy_(codes).mul_(torch.from_numpy(scale)[:, None])
+    edge = np.flatnonzero((absmax < _MIN_FAST_DECODE_ABSMAX) | (absmax >= _MAX_FAST_DECODE_ABSMAX))
+    for r in edge.tolist():  # subnormal- or huge-sized data only
+        out[r].copy_(codes[r]).div_(QMAX).mul_(float(absmax[r]))
 
 
 def payload_size(numel: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
@@ -148,7 +165,8 @@ class Int8Codec:
         if view.readonly or view.nbytes != size:
             raise ValueError(f"int8 output buffer must be {size} writable bytes")
         back = None if roundtrip is None else _float_view(roundtrip, numel)
-        absmax_out = torch.from_numpy(np.frombuffer(payload, dtype=FLOAT32_LE, count=n_chunks))
+        absmax_np = np.frombuffer(payload, dtype=FLOAT32_LE, count=n_chunks)
+        absmax_out = torch.from_numpy(absmax_np)
         q_out = torch.from_numpy(np.frombuffer(payload, dtype=np.int8, offset=4 * n_chunks))
         # torch ops, not numpy: vectorised, release the GIL, same bits.
         for start, stop in _spans(numel, chunk):
@@ -156,7 +174,7 @@ class Int8Codec:
             codes = _rows(q_out, start, stop, chunk)
             _quantize(_rows(flat, start, stop, chunk), absmax_out[c0:c1], codes)
             if back is not None:  # after the reads of flat: roundtrip may alias tensor
-                _dequantize_rows(codes, absmax_out[c0:c1], _rows(back, start, stop, chunk))
+                _dequantize_rows(codes, absmax_np[c0:c1], _rows(back, start, stop, chunk))
         # amax/amin/maximum propagate NaN and Inf gives an Inf scale: checking the
         # n_chunks scales is the finite check of the whole input, for free.
         if n_chunks and not bool(torch.isfinite(absmax_out).all()):
@@ -275,24 +293,12 @@ def _dequantize(
     out: torch.Tensor,
     chunk: int,
 ) -> None:
-    """out = (q / 127) * scale of its chunk, in fp32: the one formula decode uses.
-
-    In torch where it can (~1.6x faster than numpy, the same bits: checked for all 255
-    codes by the tests); numpy for a read-only payload, which torch would not wrap
-    without copying it.
-    """
-    spans = _spans(q.size, chunk)
-    if not q.flags.writeable:
-        dest = out.numpy()
-        for start, stop in spans:
-            c0, c1 = start // chunk, -(-stop // chunk)
-            rows = dest[start:stop].reshape(c1 - c0, -1)
-            np.divide(
-                q[start:stop].reshape(c1 - c0, -1), np.float32(QMAX), out=rows, dtype=np.float32
-            )
-            rows *= absmax[c0:c1, None]
-        return
-    q_t, a_t = torch.from_numpy(q), torch.from_numpy(absmax)
-    for start, stop in spans:
+    """out = the decoded values (see _dequantize_rows), a span at a time. A read-only
+    payload, which torch would not wrap without a warning, is copied a span at a time."""
+    for start, stop in _spans(q.size, chunk):
         c0, c1 = start // chunk, -(-stop // chunk)
-        _dequantize_rows(_rows(q_t, start, stop, chunk), a_t[c0:c1], _rows(out, start, stop, chunk))
+        span = q[start:stop]
+        codes = torch.from_numpy(span if span.flags.writeable else span.copy())
+        _dequantize_rows(
+            _rows(codes, 0, stop - start, chunk), absmax[c0:c1], _rows(out, start, stop, chunk)
+        )
