@@ -97,6 +97,32 @@ def test_four_peers_int8_within_stated_bound_and_identical() -> None:
     run(body())
 
 
+def test_four_peers_int4_within_stated_bound_identical_and_half_int8s_bytes() -> None:
+    """The int8 bound's argument with int4's step (absmax / 7): each contribution and
+    the average are quantised once each."""
+    from shoal.compression.int4 import max_abs_error as int4_error
+
+    async def body() -> None:
+        members = await swarm(4)
+        try:
+            xs = tensors(4, NUMEL, seed=3)
+            ws = [5.0, 1.0, 2.0, 3.0]
+            outs = results_only(
+                await reduce_all(members, xs, ws, "run/r0/g0/a4", compression="int4")
+            )
+            expected = direct_average(xs, ws)
+            bound = 2 * float(int4_error(float(max(x.abs().max() for x in xs)))) + 1e-5
+            err = (outs[0].average - expected).abs().max().item()
+            assert 0 < err <= bound, (err, bound)
+            assert len({hashlib.sha256(r.average.numpy().tobytes()).digest() for r in outs}) == 1
+            # 1.5 x numel x 1/2 byte per peer for a group of 4, plus scales and framing
+            assert 0.7 * NUMEL < outs[0].bytes_sent < 0.8 * NUMEL
+        finally:
+            await close(members)
+
+    run(body())
+
+
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_small_groups(n: int) -> None:
     async def body() -> None:

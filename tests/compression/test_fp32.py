@@ -25,5 +25,5 @@ def test_fp32_decode_rejects_bad_length_and_nan() -> None:
 
 
 def test_unknown_codec_named() -> None:
-    with pytest.raises(ValueError, match="int4"):
-        get_codec("int4")
+    with pytest.raises(ValueError, match="int3"):
+        get_codec("int3")

@@ -97,6 +97,7 @@ from shoal.averaging.stream_format import (
     session_prefix,
 )
 from shoal.compression import CompressionError, EncodedTensor, NonFiniteTensorError
+from shoal.compression.int4 import Int4Codec
 from shoal.compression.int8 import DEFAULT_CHUNK_SIZE, Int8Codec
 from shoal.identity.keys import PeerId
 from shoal.numerics import all_finite
@@ -257,7 +258,13 @@ class AllReduce:
             lo, hi = self._bounds[self._idx]
             validate_update(flat[lo:hi], hi - lo, model_version, model_version)
         self._out = _output_buffer(out, flat)
-        self._int8 = Int8Codec(DEFAULT_CHUNK_SIZE)
+        # int8 and int4 share one interface (check, decode, accumulate_range, encode with
+        # roundtrip); everything below is the same for both.
+        self._quant: Int8Codec | Int4Codec = (
+            Int4Codec(DEFAULT_CHUNK_SIZE)
+            if compression == "int4"
+            else Int8Codec(DEFAULT_CHUNK_SIZE)
+        )
         # owner side: contributions to our shard
         self._incoming: dict[int, tuple[bytearray, float]] = {}  # stream accepted, not done
         self._arrived: dict[int, tuple[bytearray, float]] = {}
@@ -453,7 +460,7 @@ class AllReduce:
             return tag, [x.numpy().data]  # zero-copy: streamed from the caller's tensor
         payload = POOL.take(payload_bytes(self._codec, hi - lo))
         self._recycle.append(payload)  # read by our send, which ends before run() does
-        encoded = await self._in_thread(self._int8.encode, x, payload)
+        encoded = await self._in_thread(self._quant.encode, x, payload)
         return tag, [encoded.payload]
 
     async def send_stream(self, to: int, tag: str, buffers: list[Buffer]) -> None:
@@ -609,8 +616,8 @@ class AllReduce:
         if self._codec == "none":
             out.copy_(torch.frombuffer(payload, dtype=torch.float32, count=values))
             return
-        enc = EncodedTensor("int8", (values,), payload, chunk_size=DEFAULT_CHUNK_SIZE)
-        self._int8.decode(enc, out=out)
+        enc = EncodedTensor(self._codec, (values,), payload, chunk_size=DEFAULT_CHUNK_SIZE)
+        self._quant.decode(enc, out=out)
 
     def _check_contribution_sync(self, buf: bytearray, k: int, *, scan: bool = True) -> Checked:
         """Validate one contribution (worker thread): (value, 0, "") or (None, status,
@@ -628,8 +635,8 @@ class AllReduce:
                 if scan:
                     validate_update(x, k, self._version, self._version)
             elif self._aggregator is None:
-                x = EncodedTensor("int8", (k,), buf, chunk_size=DEFAULT_CHUNK_SIZE)
-                self._int8.check(x)
+                x = EncodedTensor(self._codec, (k,), buf, chunk_size=DEFAULT_CHUNK_SIZE)
+                self._quant.check(x)
             else:
                 x, floats = POOL.take_floats(k)
                 self._recycle.append(floats)  # list.append is atomic; read on the loop later
@@ -672,7 +679,7 @@ class AllReduce:
                         block.add_(x[b0:b1], alpha=scale)
                 else:
                     assert tmp is not None
-                    self._int8.accumulate_range(x, b0, b1, scale, block, tmp, first=i == 0)
+                    self._quant.accumulate_range(x, b0, b1, scale, block, tmp, first=i == 0)
             if scan:
                 finite = finite and all_finite(block)
         return total, finite
@@ -749,7 +756,7 @@ class AllReduce:
             self._recycle.append(payload)  # read by our result sends, over before run() ends
             # The owner keeps what it sends: acc becomes decode(payload), bit for bit.
             try:
-                self._int8.encode(acc, out=payload, roundtrip=acc)
+                self._quant.encode(acc, out=payload, roundtrip=acc)
             except NonFiniteTensorError:  # the int8 mean is not scanned: it shows here
                 raise CompressionError("averaged shard overflowed fp32") from None
             self._shard_payload = [payload]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from shoal.compression.int8 import DEFAULT_CHUNK_SIZE
 
 TAG_PREFIX = "ar/"
-CODECS = ("none", "int8")
+CODECS = ("none", "int8", "int4")
 MAX_SESSION_BYTES = 120  # leaves room for the longest kind suffix in a 256-byte tag
 MAX_GROUP_SIZE = 1024
 _MAX_INT_DIGITS = 20
@@ -76,6 +76,8 @@ def payload_bytes(codec: str, values: int) -> int:
         return 4 * values
     if codec == "int8":
         return 4 * -(-values // DEFAULT_CHUNK_SIZE) + values
+    if codec == "int4":  # two values per byte (shoal.compression.int4)
+        return 4 * -(-values // DEFAULT_CHUNK_SIZE) + -(-values // 2)
     raise ValueError(f"unknown codec {codec!r}; known: {list(CODECS)}")
 
 
