@@ -64,6 +64,8 @@ import functools
 import itertools
 import logging
 import math
+import os
+import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -126,7 +128,26 @@ _BACKOFF_MAX_S = 0.25
 # three 16 MiB int8 encodes in three threads took ~40% more CPU than the same three in
 # one (measured on 2 cores), and the cores are busy with the other peers' work anyway.
 # Robust rules that block on nested exchanges get their own thread (see _reduce).
-_COMPUTE = ThreadPoolExecutor(1, thread_name_prefix="shoal-allreduce")
+_compute: ThreadPoolExecutor | None = None
+_compute_lock = threading.Lock()  # nodes on loops of their own may ask at once
+
+
+def _compute_thread() -> ThreadPoolExecutor:
+    global _compute
+    with _compute_lock:
+        if _compute is None:
+            _compute = ThreadPoolExecutor(1, thread_name_prefix="shoal-allreduce")
+        return _compute
+
+
+def _forget_compute_thread() -> None:
+    # A forked child has no copy of the parent's thread: an executor inherited with it
+    # would queue jobs that never run.
+    global _compute
+    _compute = None
+
+
+os.register_at_fork(after_in_child=_forget_compute_thread)
 
 Buffer = memoryview | bytes | bytearray
 # A validated contribution (fp32 values, or an int8 payload that passed its checks and
@@ -598,7 +619,7 @@ class AllReduce:
         waits for the job, and ``_workers`` shows whether any job we started is still
         pending or running, so pooled buffers are only given back once none can touch
         them."""
-        fut = asyncio.get_running_loop().run_in_executor(_COMPUTE, fn, *args)
+        fut = asyncio.get_running_loop().run_in_executor(_compute_thread(), fn, *args)
         self._workers.add(fut)
         fut.add_done_callback(self._workers.discard)
         try:
