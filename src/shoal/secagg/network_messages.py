@@ -237,7 +237,10 @@ SECAGG_MESSAGES: tuple[type[Message], ...] = (
 # (averaging.stream_format STATUS_* codes, group order), f64 total included weight.
 _RESULT_HEAD = struct.Struct("<4sHH")
 _RESULT_MAGIC = b"SAR1"
-_RESULT_VERSION = 1
+# 2: the int8 payload after it decodes as q * fp32(absmax / 127) (was (q / 127) *
+# absmax; a few values differ by an ulp), so an old peer refuses it rather than
+# ending the round on different bits (the all-reduce's result format changed alike).
+_RESULT_VERSION = 2
 
 
 def result_header_bytes(n: int) -> int:
