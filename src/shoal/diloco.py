@@ -134,6 +134,9 @@ class DiLoCo:
             raise ValueError("inner_steps must be >= 1")
         if secure_aggregation:
             require_mean(aggregator)  # robust rules need the updates SecAgg hides
+            if compression not in ("none", "int8"):  # its result stream: fp32 or int8
+                raise ValueError(f"secure_aggregation supports compression 'none' or "
+                                 f"'int8', not {compression!r}")  # fmt: skip
         self.model = model
         self.inner = inner_optimizer
         self.run = run

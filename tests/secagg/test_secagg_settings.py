@@ -56,6 +56,13 @@ def test_diloco_refuses_a_robust_rule_with_secagg(rule: str) -> None:
         SwarmAverager(None, "x", aggregator=rule, secure_aggregation=True)  # type: ignore[arg-type]
 
 
+def test_diloco_refuses_int4_with_secagg() -> None:
+    m = Regression()
+    with pytest.raises(ValueError, match="supports compression 'none' or 'int8'"):
+        DiLoCo(m, torch.optim.SGD(m.parameters(), lr=0.1), run="x", node=None,  # type: ignore[arg-type]
+               compression="int4", secure_aggregation=True)  # fmt: skip
+
+
 def _train(opt: DiLoCo, model: Regression, seed: int, steps: int,
            errors: list[BaseException]) -> None:  # fmt: skip
     try:
