@@ -1,3 +1,4 @@
+import itertools
 import math
 from typing import Any
 
@@ -91,3 +92,15 @@ def test_eager_overlap_with_one_peer_is_plain_local_training(small_corpus: Corpu
     }
     assert runs["eager"].final_loss == pytest.approx(runs["off"].final_loss, abs=1e-4)
     assert abs(runs["delayed"].final_loss - runs["off"].final_loss) > 1e-3
+
+
+def test_scheduled_lr() -> None:
+    from shoal.training.local import scheduled_lr
+
+    assert scheduled_lr(3e-3, "constant", 57, 100) == 3e-3
+    lrs = [scheduled_lr(3e-3, "cosine", s, 100) for s in range(100)]
+    assert lrs[0] == pytest.approx(3e-3)
+    assert all(a > b for a, b in itertools.pairwise(lrs))
+    assert lrs[-1] > 3e-4 and scheduled_lr(3e-3, "cosine", 100, 100) == pytest.approx(3e-4)
+    with pytest.raises(ValueError, match="lr schedule"):
+        scheduled_lr(3e-3, "linear", 0, 10)  # type: ignore[arg-type]

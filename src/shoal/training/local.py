@@ -57,6 +57,24 @@ def _inner_optimizer(model: GPT, lr: float) -> torch.optim.Optimizer:
     return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
 
 
+LrSchedule = Literal["constant", "cosine"]
+
+
+def scheduled_lr(lr: float, schedule: LrSchedule, step: int, total: int) -> float:
+    """The inner lr for local step ``step`` (0-based) of ``total``: constant, or a
+    cosine from ``lr`` down to a tenth of it."""
+    if schedule == "constant":
+        return lr
+    if schedule == "cosine":
+        return lr * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * step / max(1, total))))
+    raise ValueError(f"lr schedule must be 'constant' or 'cosine', not {schedule!r}")
+
+
+def _set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
+    for group in opt.param_groups:
+        group["lr"] = lr
+
+
 def _peer_stream(
     corpus: Corpus, batch_size: int, block_size: int, seed: int, rank: int, world: int,
     shard_mode: ShardMode,
@@ -110,6 +128,7 @@ def train_single_node(
     eval_every: int = 0,
     eval_batches: int = 8,
     init: Mapping[str, torch.Tensor] | None = None,
+    lr_schedule: LrSchedule = "constant",
 ) -> TrainResult:
     """Plain AdamW for `steps` steps on the whole training split: the baseline.
     ``init``: a state dict to start from instead of the seed's fresh model."""
@@ -123,6 +142,8 @@ def train_single_node(
     initial = evaluate(model, corpus, eval_batches)
     result = TrainResult(initial, initial, [(0, initial)])
     for step in range(1, steps + 1):
+        if lr_schedule != "constant":
+            _set_lr(opt, scheduled_lr(lr, lr_schedule, step - 1, steps))
         x, y = next(batches)
         loss = model(x, y)
         opt.zero_grad(set_to_none=True)
@@ -175,6 +196,7 @@ def simulate_diloco_inprocess(
     rescale_outer: bool = False,
     overlap: OverlapMode = "off",
     init: Mapping[str, torch.Tensor] | None = None,
+    lr_schedule: LrSchedule = "constant",
 ) -> TrainResult:
     """DiLoCo with `n_peers` replicas run one after another in this process.
 
@@ -223,7 +245,10 @@ def simulate_diloco_inprocess(
         ):
             if overlap == "off":
                 unflatten_into(global_flat, model.parameters())
-            for _ in range(inner_steps):
+            for k in range(inner_steps):
+                if lr_schedule != "constant":
+                    step = rnd * inner_steps + k
+                    _set_lr(opt, scheduled_lr(inner_lr, lr_schedule, step, rounds * inner_steps))
                 x, y = next(stream)
                 loss = model(x, y)
                 opt.zero_grad(set_to_none=True)
