@@ -186,9 +186,8 @@ class DiLoCo:
         self._node.add_listener(self._mark_event)
         self._server: StateServer = node.call(self._make_server())
         self._averager: SwarmAverager = node.call(self._make_averager(allreduce_timeout_s))
-        if join_existing:
-            self._sync_from_swarm()
-        node.call(self._server.publish(self._snapshot()))
+        held = self._sync_from_swarm() if join_existing else None
+        node.call(self._server.publish(held or self._snapshot()))
         self.node_thread.call(self._averager.begin(self.round))
 
     async def _make_server(self) -> StateServer:
@@ -531,8 +530,9 @@ class DiLoCo:
         self.node_thread.call(self._server.publish(self._snapshot()))
         return True
 
-    def _sync_from_swarm(self) -> None:
-        """A joiner adopts the swarm's state at the next round boundary.
+    def _sync_from_swarm(self) -> Snapshot | None:
+        """A joiner adopts the swarm's state at the next round boundary; returns the
+        state it then holds (snapshotted once, for the head publish), if it made one.
 
         Joining mid-round would leave us out of groups that formed before our
         progress was seen, so we wait until the swarm finishes the round it is in,
@@ -541,7 +541,7 @@ class DiLoCo:
         heads = self.node_thread.call(read_heads(self._node, self.run, self._admit))
         if not heads:
             log.info("no peer has state for run %s yet; starting from this model", self.run)
-            return
+            return None
         current = max(r for _, r, _ in heads)
         # current == 0: the run has not finished a round; take the round-0 state now
         # (so every peer starts from the same model) and train round 0 with the rest.
@@ -558,6 +558,7 @@ class DiLoCo:
         )
         if snap is not None and snap is not mine:
             self._load_snapshot(snap)
+        return snap or mine
 
     def _load_snapshot(self, snap: Snapshot) -> None:
         n = self.global_flat.numel()

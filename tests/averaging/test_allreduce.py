@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
 import torch
 
 from shoal.averaging import AllReduceResult, all_reduce, shard_bounds
+from shoal.compression.int4 import max_abs_error as int4_max_abs_error
 from shoal.compression.int8 import max_abs_error
 from shoal.training.diloco_math import model_hash
 
@@ -69,54 +71,37 @@ def test_four_peers_fp32_weighted_average_bit_identical() -> None:
     run(body())
 
 
-def test_four_peers_int8_within_stated_bound_and_identical() -> None:
-    """Error bound: each contribution is quantised once (per-chunk absmax/127/2 per
+@pytest.mark.parametrize(
+    ("codec", "bound_of", "bytes_per_value"),
+    [
+        ("int8", max_abs_error, (0.0, 0.45 * 4)),  # ~1/4 of the fp32 bytes
+        ("int4", int4_max_abs_error, (0.7, 0.8)),  # 1.5 x 1/2 byte per peer, plus scales
+    ],
+)
+def test_four_peers_quantised_within_stated_bound_and_identical(
+    codec: str, bound_of: Callable[[float], float], bytes_per_value: tuple[float, float]
+) -> None:
+    """Error bound: each contribution is quantised once (per-chunk absmax/qmax/2 per
     value) and the average once more. For weights w_i/W summing to 1 the error is at
-    most sum_i (w_i/W) * e_i + e_avg, with e = absmax/127 * (1/2 + 2^-14) + tiny;
+    most sum_i (w_i/W) * e_i + e_avg, with e = absmax/qmax * (1/2 + 2^-14) + tiny;
     bounded here by 2 * max_abs_error(max |x|) per element (+ fp32 rounding)."""
 
     async def body() -> None:
         members = await swarm(4)
         try:
-            xs = tensors(4, NUMEL, seed=2)
+            xs = tensors(4, NUMEL, seed=2 if codec == "int8" else 3)
             ws = [5.0, 1.0, 2.0, 3.0]
             outs = results_only(
-                await reduce_all(members, xs, ws, "run/r0/g0/a0", compression="int8")
+                await reduce_all(members, xs, ws, f"run/r0/g0/{codec}", compression=codec)
             )
             expected = direct_average(xs, ws)
-            bound = 2 * float(max_abs_error(float(max(x.abs().max() for x in xs)))) + 1e-5
+            bound = 2 * float(bound_of(float(max(x.abs().max() for x in xs)))) + 1e-5
             err = (outs[0].average - expected).abs().max().item()
             assert err <= bound, (err, bound)
             assert err > 0  # it really was quantised
             assert len({hashlib.sha256(r.average.numpy().tobytes()).digest() for r in outs}) == 1
-            # int8 moves ~1/4 of the fp32 bytes.
-            assert outs[0].bytes_sent < 0.45 * 4 * NUMEL
-        finally:
-            await close(members)
-
-    run(body())
-
-
-def test_four_peers_int4_within_stated_bound_identical_and_half_int8s_bytes() -> None:
-    """The int8 bound's argument with int4's step (absmax / 7): each contribution and
-    the average are quantised once each."""
-    from shoal.compression.int4 import max_abs_error as int4_error
-
-    async def body() -> None:
-        members = await swarm(4)
-        try:
-            xs = tensors(4, NUMEL, seed=3)
-            ws = [5.0, 1.0, 2.0, 3.0]
-            outs = results_only(
-                await reduce_all(members, xs, ws, "run/r0/g0/a4", compression="int4")
-            )
-            expected = direct_average(xs, ws)
-            bound = 2 * float(int4_error(float(max(x.abs().max() for x in xs)))) + 1e-5
-            err = (outs[0].average - expected).abs().max().item()
-            assert 0 < err <= bound, (err, bound)
-            assert len({hashlib.sha256(r.average.numpy().tobytes()).digest() for r in outs}) == 1
-            # 1.5 x numel x 1/2 byte per peer for a group of 4, plus scales and framing
-            assert 0.7 * NUMEL < outs[0].bytes_sent < 0.8 * NUMEL
+            lo, hi = bytes_per_value
+            assert lo * NUMEL < outs[0].bytes_sent < hi * NUMEL
         finally:
             await close(members)
 

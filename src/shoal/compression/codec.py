@@ -88,6 +88,29 @@ def non_finite_error(flat: torch.Tensor) -> NonFiniteTensorError:
     return NonFiniteTensorError(f"tensor has {bad} NaN/Inf value(s) of {flat.numel()}")
 
 
+def absmax_error_bound(
+    absmax: npt.NDArray[np.float32] | float, qmax: int
+) -> npt.NDArray[np.float64] | float:
+    """Worst-case |x - decoded x| of an absmax codec with codes in [-qmax, qmax], for a
+    chunk whose largest |x| is `absmax`: half a step, plus the fp32 roundings on each
+    side (2**-14 of a step) and the subnormal grid."""
+    scale = np.asarray(absmax, dtype=np.float64) / qmax
+    bound = scale * (0.5 + 2.0**-14) + 2.0**-149
+    return float(bound) if bound.ndim == 0 else bound
+
+
+def float_output(out: torch.Tensor, numel: int) -> torch.Tensor:
+    """``out`` as a flat view, if it is a contiguous CPU fp32 tensor of ``numel`` values."""
+    if (
+        out.dtype != torch.float32
+        or out.device.type != "cpu"
+        or not out.is_contiguous()
+        or out.numel() != numel
+    ):
+        raise ValueError(f"decode output must be a contiguous CPU fp32 tensor of {numel}")
+    return out.view(-1)
+
+
 def check_shape(shape: tuple[int, ...]) -> int:
     if any(not isinstance(d, int) or d < 0 for d in shape):
         raise MalformedEncodingError(f"bad shape {shape!r}")

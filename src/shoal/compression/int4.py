@@ -29,8 +29,10 @@ from shoal.compression.codec import (
     Buffer,
     EncodedTensor,
     MalformedEncodingError,
+    absmax_error_bound,
     check_shape,
     flat_float32,
+    float_output,
     non_finite_error,
 )
 
@@ -43,9 +45,7 @@ BLOCK_CHUNKS_VALUES = 1 << 18  # values per encode/decode step: 1 MiB of fp32 st
 
 def max_abs_error(absmax: npt.NDArray[np.float32] | float) -> npt.NDArray[np.float64] | float:
     """Documented worst-case |x - decoded x| for a chunk whose largest |x| is `absmax`."""
-    scale = np.asarray(absmax, dtype=np.float64) / QMAX
-    bound = scale * (0.5 + 2.0**-14) + 2.0**-149
-    return float(bound) if bound.ndim == 0 else bound
+    return absmax_error_bound(absmax, QMAX)
 
 
 def payload_size(numel: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
@@ -106,7 +106,7 @@ class Int4Codec:
             raise non_finite_error(flat)
         encoded = EncodedTensor(self.name, tuple(tensor.shape), payload, chunk_size=chunk)
         if roundtrip is not None:  # after every read of tensor: roundtrip may alias it
-            self.decode_range(encoded, 0, numel, roundtrip.view(-1))
+            self.decode_range(encoded, 0, numel, roundtrip)
         return encoded
 
     def accumulate_range(
@@ -164,14 +164,7 @@ class Int4Codec:
         chunk = encoded.chunk_size
         if not (0 <= start <= stop <= numel) or start % chunk:
             raise ValueError(f"bad decode range [{start}, {stop}) of {numel} values")
-        if (
-            out.dtype != torch.float32
-            or out.device.type != "cpu"
-            or not out.is_contiguous()
-            or out.numel() != stop - start
-        ):
-            raise ValueError(f"decode output must be contiguous CPU fp32 of {stop - start}")
-        dest_all = out.view(-1)
+        dest_all = float_output(out, stop - start)
         scales = torch.from_numpy(absmax.copy() if not absmax.flags.writeable else absmax)
         step = max(chunk, BLOCK_CHUNKS_VALUES // chunk * chunk)
         for lo in range(start, stop, step):

@@ -33,8 +33,10 @@ from shoal.compression.codec import (
     Buffer,
     EncodedTensor,
     MalformedEncodingError,
+    absmax_error_bound,
     check_shape,
     flat_float32,
+    float_output,
     non_finite_error,
 )
 
@@ -50,9 +52,7 @@ BLOCK_VALUES = 1 << 19  # values per encode/decode step: 2 MiB of fp32, in cache
 
 def max_abs_error(absmax: npt.NDArray[np.float32] | float) -> npt.NDArray[np.float64] | float:
     """Documented worst-case |x - decoded x| for a chunk whose largest |x| is `absmax`."""
-    scale = np.asarray(absmax, dtype=np.float64) / QMAX
-    bound = scale * (0.5 + 2.0**-14) + 2.0**-149
-    return float(bound) if bound.ndim == 0 else bound
+    return absmax_error_bound(absmax, QMAX)
 
 
 def _spans(numel: int, chunk: int) -> list[tuple[int, int]]:
@@ -164,7 +164,7 @@ class Int8Codec:
         view = memoryview(payload)
         if view.readonly or view.nbytes != size:
             raise ValueError(f"int8 output buffer must be {size} writable bytes")
-        back = None if roundtrip is None else _float_view(roundtrip, numel)
+        back = None if roundtrip is None else float_output(roundtrip, numel)
         absmax_np = np.frombuffer(payload, dtype=FLOAT32_LE, count=n_chunks)
         absmax_out = torch.from_numpy(absmax_np)
         q_out = torch.from_numpy(np.frombuffer(payload, dtype=np.int8, offset=4 * n_chunks))
@@ -209,7 +209,7 @@ class Int8Codec:
         chunk = encoded.chunk_size
         if not (0 <= start <= stop <= q.size) or start % chunk:
             raise ValueError(f"bad decode range [{start}, {stop}) of {q.size} values")
-        dest = _float_view(out, stop - start)
+        dest = float_output(out, stop - start)
         c0, c1 = start // chunk, -(-stop // chunk)
         _dequantize(q[start:stop], absmax[c0:c1], dest, chunk)
 
@@ -237,7 +237,7 @@ class Int8Codec:
         chunk = encoded.chunk_size
         if not (0 <= start <= stop <= q.size) or start % chunk:
             raise ValueError(f"bad accumulate range [{start}, {stop}) of {q.size} values")
-        dest = _float_view(acc, stop - start)
+        dest = float_output(acc, stop - start)
         if scratch.dtype != torch.float32 or scratch.numel() < stop - start:
             raise ValueError(f"scratch must be fp32 with at least {stop - start} values")
         c0, c1 = start // chunk, -(-stop // chunk)
@@ -274,17 +274,6 @@ class Int8Codec:
         absmax = np.frombuffer(encoded.payload, dtype=FLOAT32_LE, count=n_chunks)
         q = np.frombuffer(encoded.payload, dtype=np.int8, offset=4 * n_chunks)
         return absmax, q
-
-
-def _float_view(out: torch.Tensor, numel: int) -> torch.Tensor:
-    if (
-        out.dtype != torch.float32
-        or out.device.type != "cpu"
-        or not out.is_contiguous()
-        or out.numel() != numel
-    ):
-        raise ValueError(f"decode output must be a contiguous CPU fp32 tensor of {numel}")
-    return out.view(-1)
 
 
 def _dequantize(

@@ -568,22 +568,7 @@ class RoundCore:
             self._joined[raw] = (sender, msg.samples)
             return out
         if self.phase is Phase.FORMED and self._leader == self.me.peer_id:
-            if any(m.peer_id == sender.peer_id for m in self.members):
-                # A member that lost our round.group asks again: send it again.
-                group = RoundGroup(
-                    self.run,
-                    self.round_no,
-                    self.model_version,
-                    self.members,
-                    self.member_samples,
-                    sum(self.member_samples),
-                    self.attempt,
-                )
-                return [*out, Send(sender, group)]
-            # Tell a late joiner its group formed without it (the members, not it):
-            # silence cost it two leader tries, ~20 s on the testbed, before it fell
-            # back to averaging alone and catching up, which it can now do at once.
-            formed = RoundGroup(
+            group = RoundGroup(
                 self.run,
                 self.round_no,
                 self.model_version,
@@ -592,7 +577,13 @@ class RoundCore:
                 sum(self.member_samples),
                 self.attempt,
             )
-            return [*out, *self._reject(sender, msg, "group already formed"), Send(sender, formed)]
+            if any(m.peer_id == sender.peer_id for m in self.members):
+                # A member that lost our round.group asks again: send it again.
+                return [*out, Send(sender, group)]
+            # Tell a late joiner its group formed without it (the members, not it):
+            # silence cost it two leader tries, ~20 s on the testbed, before it fell
+            # back to averaging alone and catching up, which it can now do at once.
+            return [*out, *self._reject(sender, msg, "group already formed"), Send(sender, group)]
         return out + self._reject(sender, msg, "not the leader")
 
     def _on_group(self, now: float, sender: Contact, msg: RoundGroup) -> list[Action]:

@@ -129,16 +129,19 @@ def train_single_node(
     eval_batches: int = 8,
     init: Mapping[str, torch.Tensor] | None = None,
     lr_schedule: LrSchedule = "constant",
+    stream_seed: int | None = None,
 ) -> TrainResult:
     """Plain AdamW for `steps` steps on the whole training split: the baseline.
-    ``init``: a state dict to start from instead of the seed's fresh model."""
+    ``init``: a state dict to start from instead of the seed's fresh model;
+    ``stream_seed``: the batches' seed, if not ``seed``."""
     config = config or GPTConfig()
     corpus = corpus or stdlib_corpus()
     model = GPT(config, seed=seed)
     if init is not None:
         model.load_state_dict(init)
     opt = _inner_optimizer(model, lr)
-    batches = corpus.batches("train", batch_size, config.block_size, seed=seed)
+    stream = seed if stream_seed is None else stream_seed
+    batches = corpus.batches("train", batch_size, config.block_size, seed=stream)
     initial = evaluate(model, corpus, eval_batches)
     result = TrainResult(initial, initial, [(0, initial)])
     for step in range(1, steps + 1):
@@ -163,17 +166,9 @@ def pretrain_single_node(steps: int, *, seed: int = 0, stream_seed: int = 12345)
     """The seed's fresh demo model after ``steps`` AdamW steps (batch 16, lr 3e-3) on
     one node: a shared starting point for comparisons (the DiLoCo paper starts from a
     pretrained model). ``stream_seed``: its batches differ from any run's seed-0 ones."""
-    corpus = stdlib_corpus()
-    model = GPT(GPTConfig(), seed=seed)
-    opt = _inner_optimizer(model, 3e-3)
-    batches = corpus.batches("train", 16, model.cfg.block_size, seed=stream_seed)
-    for _ in range(steps):
-        x, y = next(batches)
-        loss = model(x, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model
+    res = train_single_node(steps, batch_size=16, seed=seed, stream_seed=stream_seed)
+    assert res.model is not None
+    return res.model
 
 
 def simulate_diloco_inprocess(
