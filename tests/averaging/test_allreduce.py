@@ -8,8 +8,11 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
-from shoal.averaging import AllReduceResult, all_reduce, shard_bounds
+from shoal.averaging import AllReduceResult, all_reduce, shard_align, shard_bounds
+from shoal.compression import get_codec
 from shoal.compression.int4 import max_abs_error as int4_max_abs_error
 from shoal.compression.int8 import max_abs_error
 from shoal.training.diloco_math import model_hash
@@ -37,6 +40,73 @@ def test_shard_bounds_tile_the_vector() -> None:
         assert max(sizes) - min(sizes) <= 1
     with pytest.raises(ValueError):
         shard_bounds(5, 0)
+    with pytest.raises(ValueError):
+        shard_bounds(5, 2, align=0)
+
+
+@given(st.integers(0, 100_000), st.integers(1, 64), st.integers(1, 5000))
+def test_aligned_shard_bounds_tile_on_the_grid(numel: int, n: int, align: int) -> None:
+    b = shard_bounds(numel, n, align)
+    assert len(b) == n and b[0][0] == 0 and b[-1][1] == numel
+    assert all(b[i][1] == b[i + 1][0] for i in range(n - 1))
+    assert all(lo % align == 0 or lo == numel for lo, _ in b)
+    sizes = [hi - lo for lo, hi in b]
+    units = [-(-size // align) for size in sizes]  # the tail unit may be short
+    assert max(units) - min(units) <= 1
+    assert all(size % align == 0 for (_, hi), size in zip(b, sizes, strict=True) if hi < numel)
+    if align == 1:  # the unaligned split: sizes differ by at most one value
+        assert max(sizes) - min(sizes) <= 1
+
+
+@pytest.mark.parametrize("codec", ["int8", "int4"])
+def test_quantised_vector_reencodes_exactly_on_aligned_shards(codec: str) -> None:
+    """DiLoCo quantises its whole update once, with error feedback, and the all-reduce
+    re-encodes each shard of it: on the chunk grid that must give the same bits back,
+    or every round loses more than error feedback accounted for."""
+    q = get_codec(codec)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(NUMEL, generator=g) * torch.rand(NUMEL, generator=g).pow(4)
+    sent = q.decode(q.encode(x)).reshape(-1)
+    for lo, hi in shard_bounds(NUMEL, 4, shard_align(codec)):
+        again = q.decode(q.encode(sent[lo:hi].clone())).reshape(-1)
+        assert torch.equal(again, sent[lo:hi]), (lo, hi)
+    lo, hi = shard_bounds(NUMEL, 4)[1]  # off the grid: regrouped under new scales
+    assert not torch.equal(q.decode(q.encode(sent[lo:hi].clone())).reshape(-1), sent[lo:hi])
+
+
+@pytest.mark.parametrize(
+    ("codec", "bound_of"), [("int8", max_abs_error), ("int4", int4_max_abs_error)]
+)
+def test_prequantised_updates_lose_only_the_average_rounding(
+    codec: str, bound_of: Callable[[float], float]
+) -> None:
+    """Updates already on the codec's grid (what DiLoCo hands the all-reduce) are
+    averaged exactly; only the average's own encoding rounds. Alternate chunks are
+    1000x apart in scale: a shard starting mid-chunk would put small values under a
+    large neighbour's scale and round them to zero."""
+    chunk = shard_align(codec)
+    q = get_codec(codec)
+    g = torch.Generator().manual_seed(5)
+    scale = torch.tensor([1e-3, 1.0]).repeat(-(-NUMEL // (2 * chunk))).repeat_interleave(chunk)
+    xs = [q.decode(q.encode(torch.randn(NUMEL, generator=g) * scale[:NUMEL])).reshape(-1)
+          for _ in range(4)]  # fmt: skip
+    ws = [5.0, 1.0, 2.0, 3.0]
+
+    async def body() -> None:
+        members = await swarm(4)
+        try:
+            outs = results_only(
+                await reduce_all(members, xs, ws, f"run/r0/g0/pre-{codec}", compression=codec)
+            )
+            err = (outs[0].average - direct_average(xs, ws)).abs()
+            rows = err[: NUMEL // chunk * chunk].view(-1, chunk).amax(dim=1)
+            absmax = direct_average(xs, ws)[: NUMEL // chunk * chunk].view(-1, chunk).abs()
+            for row_err, row_max in zip(rows.tolist(), absmax.amax(dim=1).tolist(), strict=True):
+                assert row_err <= float(bound_of(row_max)) * 1.001 + 1e-7, (row_err, row_max)
+        finally:
+            await close(members)
+
+    run(body())
 
 
 def test_four_peers_fp32_weighted_average_bit_identical() -> None:

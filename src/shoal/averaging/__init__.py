@@ -9,6 +9,7 @@ reuses from round to round); groups come from `rounds/moshpit.py`.
 from shoal.averaging.allreduce import AllReduce, AllReduceFailed, AllReduceResult, all_reduce
 from shoal.averaging.bulk_router import BulkReceiver, BulkRouter
 from shoal.averaging.shards import shard_bounds
+from shoal.averaging.stream_format import shard_align
 
 __all__ = [
     "AllReduce",
@@ -17,5 +18,6 @@ __all__ = [
     "BulkReceiver",
     "BulkRouter",
     "all_reduce",
+    "shard_align",
     "shard_bounds",
 ]

@@ -97,6 +97,7 @@ from shoal.averaging.stream_format import (
     parse_tag,
     payload_bytes,
     session_prefix,
+    shard_align,
 )
 from shoal.compression import CompressionError, EncodedTensor, NonFiniteTensorError
 from shoal.compression.int4 import Int4Codec
@@ -266,7 +267,7 @@ class AllReduce:
         self._n = len(ids)
         self._idx = ids.index(me.peer_id)
         self._index = {p: i for i, p in enumerate(ids)}
-        self._bounds = shard_bounds(self._numel, self._n)
+        self._bounds = shard_bounds(self._numel, self._n, shard_align(compression))
         if compression != "none":
             # Only our own shard, which the reduce uses as it is, is scanned here: the
             # int8 encoder finds NaN/Inf in each shard it encodes for free (a chunk's

@@ -6,13 +6,15 @@ Every stream of one all-reduce is tagged ``ar/<session>/<kind>...`` (the router 
     c/<sender>/<shard>/<version>/<numel>/<codec>/<weight>   a contribution
         sender = the sender's index in the group (must match its authenticated id),
         shard  = the receiver's index, version = model version it was computed from,
-        numel  = length of the *whole* flat vector, codec = "none" | "int8",
+        numel  = length of the *whole* flat vector, codec = "none" | "int8" | "int4",
         weight = float.hex() of the sender's weight (finite, > 0).
         Body: the sender's unweighted shard, encoded by the codec.
     r/<shard>/<version>/<numel>/<codec>                     an averaged shard
         Body: ResultHeader, then the averaged shard encoded by the codec. The owner
         sends the same bytes to every member.
     p                                                       a liveness probe (0 bytes)
+
+Shards: ``shard_bounds(numel, n, shard_align(codec))``, cut on the codec's chunk grid.
 
 ResultHeader (little-endian): magic "SHAR", u16 format version, u16 n (group size),
 n status bytes (STATUS_* below, one per member in group order), n f64 weights (the
@@ -55,9 +57,11 @@ STATUS_TEXT = {
 _HEADER = struct.Struct("<4sHH")
 _MAGIC = b"SHAR"
 # 2: int8 averaged shards decode as q * fp32(absmax / 127) (1 used (q / 127) * absmax).
+# 3: with a codec, shards are aligned to its chunk grid (`shard_align`), so an owner's
+# shard covers other values than under 2.
 # Members must decode an owner's bytes alike, so a member of the other version refuses
 # the shard rather than end up with different bits.
-_FORMAT_VERSION = 2
+_FORMAT_VERSION = 3
 
 
 class BadTag(ValueError):
@@ -68,6 +72,12 @@ def session_prefix(session: str) -> str:
     if not session or len(session.encode()) > MAX_SESSION_BYTES:
         raise ValueError(f"session must be 1..{MAX_SESSION_BYTES} bytes, got {session!r}")
     return f"{TAG_PREFIX}{session}/"
+
+
+def shard_align(codec: str) -> int:
+    """Shard boundaries fall on multiples of this (`shard_bounds`): the codec's chunk, so
+    re-encoding a peer's already quantised vector shard by shard is exact."""
+    return 1 if codec == "none" else DEFAULT_CHUNK_SIZE
 
 
 def payload_bytes(codec: str, values: int) -> int:
