@@ -1,8 +1,9 @@
 """Training in one process: a single-node baseline, and DiLoCo with N replicas in turn.
 
 `simulate_diloco_inprocess` is the reference for the networked version: same data
-shards, same math (`diloco_math`), same codec with error feedback, but the "network"
-is a list. Given the same arguments the networked run must reach the same model hash.
+shards, same math (`diloco_math`), same codec with error feedback and the owners'
+re-encode of the average, but the "network" is a list. The networked run sums in
+another fp32 order, so its bits, not its math, can differ.
 """
 
 from __future__ import annotations
@@ -262,6 +263,10 @@ def simulate_diloco_inprocess(
             validate_update(update, numel, model_version=rnd, update_version=rnd)
             updates.append((update, samples))
         average = weighted_average(updates)
+        if codec != "none":
+            # Each shard owner re-encodes the mean it sends back. Shards sit on the
+            # codec's chunk grid, so that is the whole average re-encoded at once.
+            average = receiver.decode(receiver.encode(average)).reshape(-1)
         if rescale_outer:
             average = _norm_matched(average, [u for u, _ in updates])
         if average_inner_state:
