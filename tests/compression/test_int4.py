@@ -14,7 +14,7 @@ from shoal.compression import (
     NonFiniteTensorError,
     get_codec,
 )
-from shoal.compression.int4 import Int4Codec, max_abs_error, payload_size
+from shoal.compression.int4 import DEFAULT_CHUNK_SIZE, Int4Codec, max_abs_error, payload_size
 
 finite_f32 = st.floats(allow_nan=False, allow_infinity=False, width=32)
 
@@ -50,17 +50,19 @@ def test_bound_is_tight_and_every_level_is_used() -> None:
     codec = get_codec("int4")
     enc = codec.encode(x)
     decoded = codec.decode(enc)
-    scale = x.abs().reshape(-1, 4096).amax(1) / 7
-    ratio = (x - decoded).abs().reshape(-1, 4096).amax(1) / scale
+    chunk = DEFAULT_CHUNK_SIZE
+    scale = x.abs().reshape(-1, chunk).amax(1) / 7
+    ratio = (x - decoded).abs().reshape(-1, chunk).amax(1) / scale
     assert 0.45 < float(ratio.max()) <= 0.5 + 2**-14
-    packed = np.frombuffer(enc.payload, np.uint8, offset=4 * 16)
+    packed = np.frombuffer(enc.payload, np.uint8, offset=4 * ((1 << 16) // chunk))
     nibbles = set(np.unique(packed & 0x0F)) | set(np.unique(packed >> 4))
     assert nibbles == set(range(1, 16))  # 15 levels, nibble 0 never
 
 
 def test_payload_is_an_eighth_of_fp32_plus_scales() -> None:
     enc = get_codec("int4").encode(torch.ones(10_001))
-    assert enc.nbytes == 5_001 + 4 * 3  # ceil(10001 / 2) bytes, 3 chunks of 4096
+    assert DEFAULT_CHUNK_SIZE == 256
+    assert enc.nbytes == 5_001 + 4 * 40  # ceil(10001 / 2) bytes, 40 chunks of 256
 
 
 def test_decode_range_matches_whole_decode() -> None:

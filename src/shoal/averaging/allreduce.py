@@ -283,9 +283,7 @@ class AllReduce:
         # int8 and int4 share one interface (check, decode, accumulate_range, encode with
         # roundtrip); everything below is the same for both.
         self._quant: Int8Codec | Int4Codec = (
-            Int4Codec(DEFAULT_CHUNK_SIZE)
-            if compression == "int4"
-            else Int8Codec(DEFAULT_CHUNK_SIZE)
+            Int4Codec() if compression == "int4" else Int8Codec(DEFAULT_CHUNK_SIZE)
         )
         # owner side: contributions to our shard
         self._incoming: dict[int, tuple[bytearray, float]] = {}  # stream accepted, not done
@@ -638,7 +636,7 @@ class AllReduce:
         if self._codec == "none":
             out.copy_(torch.frombuffer(payload, dtype=torch.float32, count=values))
             return
-        enc = EncodedTensor(self._codec, (values,), payload, chunk_size=DEFAULT_CHUNK_SIZE)
+        enc = EncodedTensor(self._codec, (values,), payload, chunk_size=self._quant.chunk_size)
         self._quant.decode(enc, out=out)
 
     def _check_contribution_sync(self, buf: bytearray, k: int, *, scan: bool = True) -> Checked:
@@ -657,7 +655,7 @@ class AllReduce:
                 if scan:
                     validate_update(x, k, self._version, self._version)
             elif self._aggregator is None:
-                x = EncodedTensor(self._codec, (k,), buf, chunk_size=DEFAULT_CHUNK_SIZE)
+                x = EncodedTensor(self._codec, (k,), buf, chunk_size=self._quant.chunk_size)
                 self._quant.check(x)
             else:
                 x, floats = POOL.take_floats(k)

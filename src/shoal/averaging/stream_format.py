@@ -20,7 +20,8 @@ ResultHeader (little-endian): magic "SHAR", u16 format version, u16 n (group siz
 n status bytes (STATUS_* below, one per member in group order), n f64 weights (the
 weight the owner used for each member; 0 if excluded). Codec payload sizes follow
 from the shard length: none = 4 bytes per value, int8 = 1 byte per value plus one
-fp32 scale per DEFAULT_CHUNK_SIZE values (see shoal.compression.int8).
+fp32 scale per DEFAULT_CHUNK_SIZE values (see shoal.compression.int8); int4 = half a
+byte per value plus one fp32 scale per 256 values (shoal.compression.int4).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import math
 import struct
 from dataclasses import dataclass
 
+from shoal.compression.int4 import DEFAULT_CHUNK_SIZE as INT4_CHUNK_SIZE
 from shoal.compression.int8 import DEFAULT_CHUNK_SIZE
 
 TAG_PREFIX = "ar/"
@@ -58,10 +60,10 @@ _HEADER = struct.Struct("<4sHH")
 _MAGIC = b"SHAR"
 # 2: int8 averaged shards decode as q * fp32(absmax / 127) (1 used (q / 127) * absmax).
 # 3: with a codec, shards are aligned to its chunk grid (`shard_align`), so an owner's
-# shard covers other values than under 2.
+# shard covers other values than under 2. 4: int4 chunks of 256 values, not 4096.
 # Members must decode an owner's bytes alike, so a member of the other version refuses
 # the shard rather than end up with different bits.
-_FORMAT_VERSION = 3
+_FORMAT_VERSION = 4
 
 
 class BadTag(ValueError):
@@ -77,7 +79,7 @@ def session_prefix(session: str) -> str:
 def shard_align(codec: str) -> int:
     """Shard boundaries fall on multiples of this (`shard_bounds`): the codec's chunk, so
     re-encoding a peer's already quantised vector shard by shard is exact."""
-    return 1 if codec == "none" else DEFAULT_CHUNK_SIZE
+    return {"none": 1, "int4": INT4_CHUNK_SIZE}.get(codec, DEFAULT_CHUNK_SIZE)
 
 
 def payload_bytes(codec: str, values: int) -> int:
@@ -87,7 +89,7 @@ def payload_bytes(codec: str, values: int) -> int:
     if codec == "int8":
         return 4 * -(-values // DEFAULT_CHUNK_SIZE) + values
     if codec == "int4":  # two values per byte (shoal.compression.int4)
-        return 4 * -(-values // DEFAULT_CHUNK_SIZE) + -(-values // 2)
+        return 4 * -(-values // INT4_CHUNK_SIZE) + -(-values // 2)
     raise ValueError(f"unknown codec {codec!r}; known: {list(CODECS)}")
 
 
