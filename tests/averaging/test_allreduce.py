@@ -98,10 +98,11 @@ def test_prequantised_updates_lose_only_the_average_rounding(
             outs = results_only(
                 await reduce_all(members, xs, ws, f"run/r0/g0/pre-{codec}", compression=codec)
             )
-            err = (outs[0].average - direct_average(xs, ws)).abs()
-            rows = err[: NUMEL // chunk * chunk].view(-1, chunk).amax(dim=1)
-            absmax = direct_average(xs, ws)[: NUMEL // chunk * chunk].view(-1, chunk).abs()
-            for row_err, row_max in zip(rows.tolist(), absmax.amax(dim=1).tolist(), strict=True):
+            exact = direct_average(xs, ws)[: NUMEL // chunk * chunk].view(-1, chunk)
+            got = outs[0].average[: NUMEL // chunk * chunk].view(-1, chunk)
+            row_errs = (got - exact).abs().amax(dim=1).tolist()
+            row_maxes = exact.abs().amax(dim=1).tolist()
+            for row_err, row_max in zip(row_errs, row_maxes, strict=True):
                 assert row_err <= float(bound_of(row_max)) * 1.001 + 1e-7, (row_err, row_max)
         finally:
             await close(members)

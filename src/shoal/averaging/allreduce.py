@@ -101,7 +101,7 @@ from shoal.averaging.stream_format import (
 )
 from shoal.compression import CompressionError, EncodedTensor, NonFiniteTensorError
 from shoal.compression.int4 import Int4Codec
-from shoal.compression.int8 import DEFAULT_CHUNK_SIZE, Int8Codec
+from shoal.compression.int8 import Int8Codec
 from shoal.identity.keys import PeerId
 from shoal.numerics import all_finite
 from shoal.training.diloco_math import (
@@ -282,9 +282,7 @@ class AllReduce:
         self._out = _output_buffer(out, flat)
         # int8 and int4 share one interface (check, decode, accumulate_range, encode with
         # roundtrip); everything below is the same for both.
-        self._quant: Int8Codec | Int4Codec = (
-            Int4Codec() if compression == "int4" else Int8Codec(DEFAULT_CHUNK_SIZE)
-        )
+        self._quant: Int8Codec | Int4Codec = Int4Codec() if compression == "int4" else Int8Codec()
         # owner side: contributions to our shard
         self._incoming: dict[int, tuple[bytearray, float]] = {}  # stream accepted, not done
         self._arrived: dict[int, tuple[bytearray, float]] = {}

@@ -20,7 +20,7 @@ ResultHeader (little-endian): magic "SHAR", u16 format version, u16 n (group siz
 n status bytes (STATUS_* below, one per member in group order), n f64 weights (the
 weight the owner used for each member; 0 if excluded). Codec payload sizes follow
 from the shard length: none = 4 bytes per value, int8 = 1 byte per value plus one
-fp32 scale per DEFAULT_CHUNK_SIZE values (see shoal.compression.int8); int4 = half a
+fp32 scale per 4096 values (see shoal.compression.int8); int4 = half a
 byte per value plus one fp32 scale per 256 values (shoal.compression.int4).
 """
 
@@ -30,8 +30,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from shoal.compression.int4 import DEFAULT_CHUNK_SIZE as INT4_CHUNK_SIZE
-from shoal.compression.int8 import DEFAULT_CHUNK_SIZE
+from shoal.compression import int4, int8
 
 TAG_PREFIX = "ar/"
 CODECS = ("none", "int8", "int4")
@@ -76,10 +75,16 @@ def session_prefix(session: str) -> str:
     return f"{TAG_PREFIX}{session}/"
 
 
+# Values per scale block of each codec on the wire (fp32 has none: 1).
+_CHUNK = {"none": 1, "int8": int8.DEFAULT_CHUNK_SIZE, "int4": int4.DEFAULT_CHUNK_SIZE}
+
+
 def shard_align(codec: str) -> int:
     """Shard boundaries fall on multiples of this (`shard_bounds`): the codec's chunk, so
     re-encoding a peer's already quantised vector shard by shard is exact."""
-    return {"none": 1, "int4": INT4_CHUNK_SIZE}.get(codec, DEFAULT_CHUNK_SIZE)
+    if codec not in _CHUNK:
+        raise ValueError(f"unknown codec {codec!r}; known: {list(CODECS)}")
+    return _CHUNK[codec]
 
 
 def payload_bytes(codec: str, values: int) -> int:
@@ -87,9 +92,9 @@ def payload_bytes(codec: str, values: int) -> int:
     if codec == "none":
         return 4 * values
     if codec == "int8":
-        return 4 * -(-values // DEFAULT_CHUNK_SIZE) + values
-    if codec == "int4":  # two values per byte (shoal.compression.int4)
-        return 4 * -(-values // INT4_CHUNK_SIZE) + -(-values // 2)
+        return int8.payload_size(values)
+    if codec == "int4":
+        return int4.payload_size(values)
     raise ValueError(f"unknown codec {codec!r}; known: {list(CODECS)}")
 
 
