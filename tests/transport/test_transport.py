@@ -22,7 +22,7 @@ from shoal.transport import (
 )
 from shoal.transport import transport as transport_module
 from shoal.transport.channel import RECORD_HEADER, RecordType
-from shoal.transport.handshake import HS_HEADER, MAGIC, MSG_HELLO
+from shoal.transport.handshake import HS_HEADER, MAGIC, MSG_HELLO, Initiator
 from shoal.wire.contact import Contact
 from shoal.wire.frames import HEADER
 
@@ -168,6 +168,37 @@ GARBAGE = {
 }
 
 
+@pytest.mark.parametrize("stop", ["before-hello", "after-response"])
+def test_close_between_handshake_messages_is_not_reported(stop: str) -> None:
+    """A dial cancelled part-way (or a TCP health check) cuts no message in half: the
+    listener logs it but reports no misbehaving peer. A truncated frame still is
+    (test_pre_handshake_garbage_closes_only_that_connection[truncated-hello])."""
+
+    async def body() -> None:
+        a, b = Node(), Node()
+        await started(a, b)
+        host, port = b.contact.host_port()
+        reader, writer = await asyncio.open_connection(host, port)
+        if stop == "after-response":
+            machine = Initiator(
+                Identity.generate(), listen_addr="", expected_peer=b.identity.peer_id
+            )
+            writer.write(machine.start())
+            await writer.drain()
+            async with asyncio.timeout(5):
+                reply = await reader.read(4096)
+            assert reply  # the responder answered our hello and now waits for FINISH
+        writer.close()
+        await writer.wait_closed()
+        await eventually(lambda: b.transport._handshaking == 0, what="handshake slot freed")
+        assert b.bad == []
+        await a.transport.send(b.contact, Ping(1))  # the listener still serves
+        await eventually(lambda: b.pings == [1])
+        await close_all(a, b)
+
+    run(body())
+
+
 @pytest.mark.parametrize("kind", sorted(GARBAGE))
 def test_pre_handshake_garbage_closes_only_that_connection(kind: str) -> None:
     async def body() -> None:
@@ -307,7 +338,9 @@ def test_max_connections_refuses_when_nothing_is_idle() -> None:
             await b.transport.send(hub.contact, Ping(1))
         assert hub.pings == []
         squatter.close()
-        await eventually(lambda: len(hub.bad) >= 1, what="squatter dropped")
+        # it sent nothing, so it is dropped without a bad-peer report; its slot frees
+        await eventually(lambda: hub.transport._handshaking == 0, what="squatter dropped")
+        assert hub.bad == []
 
         async def retry() -> None:
             while True:

@@ -29,6 +29,7 @@ from shoal.identity.keys import PeerId
 from shoal.transport.channel import RECORD_OVERHEAD, RecordOpener, RecordSealer, RecordType
 from shoal.transport.errors import (
     ChannelError,
+    HandshakeAbandoned,
     HandshakeError,
     PeerUnreachable,
     ProtocolViolation,
@@ -90,6 +91,8 @@ async def run_handshake(
     while machine.result is None:
         data = await loop.sock_recv(sock, 4096)
         if not data:
+            if machine.between_messages:
+                raise HandshakeAbandoned("peer closed the connection between handshake messages")
             raise HandshakeError("peer closed the connection during the handshake")
         counters.bytes_received += len(data)
         out = machine.receive_data(data)

@@ -29,6 +29,12 @@ class HandshakeError(TransportError):
     undecryptable handshake message, malformed field, or a timeout."""
 
 
+class HandshakeAbandoned(HandshakeError):
+    """The peer closed the connection between handshake messages: what a dial cancelled
+    part-way (or a port probe) looks like, so it is not reported as misbehaviour. A
+    close in the middle of a message stays a plain HandshakeError (a truncated frame)."""
+
+
 class UnsupportedVersion(HandshakeError):
     """The peer speaks a handshake version this node does not."""
 

@@ -220,6 +220,11 @@ class _FrameBuffer:
         del self._buf[: FRAME_HEADER_BYTES + n]
         return body
 
+    @property
+    def empty(self) -> bool:
+        """No partial frame is buffered (we are between messages)."""
+        return not self._buf
+
     def rest(self) -> bytes:
         rest = bytes(self._buf)
         self._buf.clear()
@@ -243,6 +248,11 @@ class _Machine:
     def result(self) -> HandshakeResult | None:
         """Set once the handshake has succeeded."""
         return self._result
+
+    @property
+    def between_messages(self) -> bool:
+        """No partial frame is buffered: a close now cuts no message in half."""
+        return self._frames.empty
 
     def _guard(self) -> None:
         if self._failed:

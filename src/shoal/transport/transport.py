@@ -66,6 +66,7 @@ from shoal.transport.connection import (
 from shoal.transport.errors import (
     BulkStreamError,
     ChannelError,
+    HandshakeAbandoned,
     HandshakeError,
     PeerUnreachable,
     ProtocolViolation,
@@ -384,6 +385,11 @@ class Transport:
                 self._bad(None, observed, describe(exc))
                 with contextlib.suppress(OSError):
                     sock.send(encode_reject(str(exc)))
+                return
+            except HandshakeAbandoned as exc:
+                # a dial cancelled part-way (ABANDON_GRACE_S ran out on a loaded host) or
+                # a TCP health check: nothing was cut in half, nobody misbehaved
+                log.info("inbound %s: %s", observed, exc)
                 return
             except HandshakeError as exc:
                 self._bad(None, observed, describe(exc))
