@@ -108,6 +108,10 @@ class RoundLog:
     # DP on (DiLoCo(dp=...)): epsilon this peer has spent so far, for DpSettings.delta
     # (every update it released, including one still averaging with overlap)
     epsilon: float | None = None
+    # set when the head vote after this round outvoted us and we adopted the swarm's
+    # state (we averaged alone, sat across a partition, or started the round from a
+    # stale state): the model hash we went on from instead of ``model_hash``
+    adopted_hash: str | None = None
 
 
 class DiLoCo:
@@ -315,7 +319,12 @@ class DiLoCo:
         with self._timed("apply_s"):
             entry = self._apply_outcome(outcome, "done", self.round_steps)
         with self._timed("catch_up_s"):
-            self._begin_round(expect=len(outcome.group.members) - 1)
+            # Averaged alone (a fallback: we missed the group) while others ran: wait
+            # for the heads of those that were in our round, so the vote sees their new
+            # state and we adopt it now. Without the wait we started the next round from
+            # our own model and the group we joined then mixed two starting states.
+            alone = len(outcome.group.members) == 1
+            self._begin_round(expect=len(outcome.group.members) - 1, after_solo=alone)
         return entry
 
     def _apply_outcome(self, outcome: RoundOutcome, verb: str, steps: int) -> RoundLog:
@@ -473,8 +482,8 @@ class DiLoCo:
                 return False
             time.sleep(CONVERGE_POLL_S)
 
-    def _begin_round(self, expect: int = 0) -> None:
-        self._catch_up(expect)
+    def _begin_round(self, expect: int = 0, after_solo: bool = False) -> None:
+        self._catch_up(expect, after_solo)
         snap = self._server.snapshot
         log.info("round %d starts from state %s", self.round, snap.state_hash[:12] if snap else "?")
         self.round_steps = 0
@@ -490,18 +499,22 @@ class DiLoCo:
         )
         return Snapshot(self.round, data, state_hash(data))
 
-    def _catch_up(self, expect: int = 0) -> bool:
+    def _catch_up(self, expect: int = 0, after_solo: bool = False) -> bool:
         """Adopt the swarm's verified state if it moved on without us (we missed a
         round, or averaged alone while the others agree on another state).
 
         ``expect``: peers (besides us) that should publish a head for our round soon;
-        we wait up to HEADS_WAIT_S for them so the vote is not a race.
+        we wait up to HEADS_WAIT_S for them so the vote is not a race. ``after_solo``:
+        we just averaged alone, so we expect every peer whose head showed it in the
+        round we finished (a lone swarm finds none and does not wait).
         """
         mine = self._server.snapshot
-        deadline = time.monotonic() + (HEADS_WAIT_S if expect else 0.0)
+        deadline = time.monotonic() + (HEADS_WAIT_S if expect or after_solo else 0.0)
         while True:
             heads = self.node_thread.call(read_heads(self._node, self.run, self._admit))
             others = [(r, h) for p, r, h in heads if p != self._node.peer_id]
+            if after_solo:
+                expect = max(expect, sum(r >= self.round - 1 for r, _ in others))
             if sum(r >= self.round for r, _ in others) >= expect or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
@@ -526,7 +539,10 @@ class DiLoCo:
             return False
         if snap is None:
             return False
+        last = self.history[-1] if self.history else None
         self._load_snapshot(snap)
+        if last is not None:
+            last.adopted_hash = model_hash(self._named_params())
         self.node_thread.call(self._server.publish(self._snapshot()))
         return True
 

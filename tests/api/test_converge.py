@@ -14,8 +14,9 @@ import torch
 
 import shoal
 from shoal.dht.records import key_for
-from shoal.diloco import DiLoCo
+from shoal.diloco import DiLoCo, RoundLog
 from shoal.runtime.background import NodeThread
+from shoal.training.diloco_math import model_hash, unflatten_into
 
 
 class Tiny(torch.nn.Module):
@@ -89,3 +90,49 @@ def test_converge_gives_up_when_a_live_peer_never_agrees(tmp_path: Path) -> None
             b.stop()
     finally:
         a.stop()
+
+
+@pytest.mark.slow
+def test_after_a_solo_round_the_vote_waits_for_the_round_and_adopts(tmp_path: Path) -> None:
+    """A peer that averaged alone (it missed the group) waits for the heads of the peers
+    that were in its round and adopts their new state before it starts the next round;
+    a plain catch-up at that moment sees only the old heads and would keep its own
+    model, so the next group would mix two starting states."""
+    nodes: list[NodeThread] = []
+    try:
+        for name in "abc":
+            boot = [str(nodes[0].node.contact)] if nodes and nodes[0].node else []
+            nodes.append(shoal.start_node(tmp_path / name, run="conv", target_samples=10**6,
+                                          bootstrap=boot))  # fmt: skip
+        opts = [_opt(n) for n in nodes]
+        a, b, c = opts
+        for o in opts:  # round 0: everyone holds the same state
+            o.node_thread.call(o._server.publish(o._snapshot()))
+        # b "averaged round 0 alone": its own round-1 model, in its history
+        b.global_flat.add_(1.0)
+        b.round = 1
+        b.node_thread.call(b._server.publish(b._snapshot()))
+        own = model_hash(b._named_params())
+        b.history.append(RoundLog(1, own, 1, 10, 0, 0))
+        assert b._catch_up() is False  # the others' round-1 heads are not out yet
+
+        def others_finish_round_0() -> None:  # their group's all-reduce ends a bit later
+            time.sleep(1.0)
+            for o in (a, c):
+                o.global_flat.add_(0.5)
+                unflatten_into(o.global_flat, o.params)
+                o.round = 1
+                o.node_thread.call(o._server.publish(o._snapshot()))
+
+        t = threading.Thread(target=others_finish_round_0)
+        t.start()
+        try:
+            assert b._catch_up(after_solo=True) is True
+        finally:
+            t.join(30)
+        assert torch.equal(b.global_flat, a.global_flat) and b.round == 1
+        assert b.history[-1].model_hash == own  # what b computed stays on record
+        assert b.history[-1].adopted_hash == model_hash(a._named_params())
+    finally:
+        for n in nodes:
+            n.stop()

@@ -7,7 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch
 
+from shoal.testbed.swarm import hashes_by_round, split_rounds
 from shoal.training.demo import (
     DemoConfig,
     node_config,
@@ -24,14 +26,6 @@ pytestmark = pytest.mark.slow
 
 def _results(cfgs: list[Any]) -> list[dict[str, Any]]:
     return [json.loads(c.result_file.read_text()) for c in cfgs]
-
-
-def _hashes_by_round(results: list[dict[str, Any]]) -> dict[int, set[str]]:
-    out: dict[int, set[str]] = {}
-    for r in results:
-        for h in r["history"]:
-            out.setdefault(h["round"], set()).add(h["model_hash"])
-    return out
 
 
 def _wait_exit(ps: list[subprocess.Popen[bytes]], timeout: float) -> None:
@@ -60,11 +54,19 @@ def test_swarm_computes_the_inprocess_reference(tmp_path: Path) -> None:
     assert res["model_hashes_equal"] is True
     for r in _results([node_config(demo, i, []) for i in range(4)]):
         assert [(h["group_size"], h["steps"]) for h in r["history"]] == [(4, 30)] * 3, r
-    ref = simulate_diloco_inprocess(
-        4, 3, 30, batch_size=demo.batch_size, inner_lr=RunConfig.inner_lr, outer_lr=0.7,
-        outer_momentum=0.9, outer_nesterov=True, codec="int4", eval_batches=8,
-    )  # fmt: skip
-    assert abs(res["swarm_loss"] - ref.final_loss) < 2e-3, (res["swarm_loss"], ref.final_loss)
+    # One intra-op thread, as each node runs (demo.py: OMP_NUM_THREADS=1). With two the
+    # matmuls round differently, AdamW turns that into +-lr on near-zero gradients, and
+    # 4 peers x 1 round of 30 steps already differed by 6e-4 in loss (fp32, no codec).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref = simulate_diloco_inprocess(
+            4, 3, 30, batch_size=demo.batch_size, inner_lr=RunConfig.inner_lr, outer_lr=0.7,
+            outer_momentum=0.9, outer_nesterov=True, codec="int4", eval_batches=8,
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert abs(res["swarm_loss"] - ref.final_loss) < 5e-4, (res["swarm_loss"], ref.final_loss)
     assert ref.final_loss < ref.initial_loss
 
 
@@ -84,7 +86,7 @@ def test_sigkill_mid_round_does_not_stop_the_round(
     _wait_exit(procs[:3], 300)
     results = _results(cfgs[:3])
     assert all(r["rounds"] == 5 for r in results)
-    by_round = _hashes_by_round(results)
+    by_round = hashes_by_round(results)
     assert all(len(by_round[r]) == 1 for r in range(1, 6)), by_round
     # after the kill the survivors averaged in groups without the dead peer
     last = next(h for h in results[0]["history"] if h["round"] == 5)
@@ -111,9 +113,15 @@ def test_late_joiner_syncs_then_takes_part(
     results = _results([*cfgs, late])
     joiner = results[3]
     assert joiner["first_round"] >= 2, joiner  # downloaded the state, did not start at 0
-    mine = {h["round"]: h["model_hash"] for h in joiner["history"]}
-    assert mine, "the joiner never took part in a round"
-    by_round = _hashes_by_round(results)
-    for rnd, h in mine.items():
-        assert by_round[rnd] == {h}, (rnd, by_round[rnd])
+    assert joiner["history"], "the joiner never took part in a round"
+    # Every round the joiner was in ends on one model everywhere once the head vote
+    # has run: a peer that missed a group under load averages alone, then adopts the
+    # swarm's state (RoundLog.adopted_hash) before its next round (seen once in CI).
+    settled = hashes_by_round(results, settled=True)
+    for h in joiner["history"]:
+        assert settled[h["round"]] == {h.get("adopted_hash") or h["model_hash"]}, (
+            h["round"], split_rounds(results)
+        )  # fmt: skip
+    # ... and such a round stays the exception, not how this swarm runs
+    assert len(split_rounds(results)) <= 2, split_rounds(results)
     assert any(h["group_size"] == 4 for h in joiner["history"])

@@ -130,9 +130,24 @@ def assert_no_rollback(res: dict[str, Any]) -> None:
     assert all(b > a for a, b in itertools.pairwise(rounds)), rounds
 
 
-def hashes_by_round(results: list[dict[str, Any]]) -> dict[int, set[str]]:
+def hashes_by_round(results: list[dict[str, Any]], settled: bool = False) -> dict[int, set[str]]:
+    """Round -> the model hashes the peers computed for it. ``settled``: the hashes
+    they went on from instead, after the head vote (a peer that averaged alone or sat
+    across a partition adopts the swarm's state; RoundLog.adopted_hash)."""
     out: dict[int, set[str]] = {}
     for r in results:
         for h in r["history"]:
-            out.setdefault(h["round"], set()).add(h["model_hash"])
+            got = (h.get("adopted_hash") if settled else None) or h["model_hash"]
+            out.setdefault(h["round"], set()).add(got)
     return out
+
+
+def split_rounds(results: list[dict[str, Any]]) -> dict[int, list[tuple[str, int]]]:
+    """Rounds in which the peers computed more than one model, each with every peer's
+    (hash prefix, group size): a peer that averaged alone shows as group size 1."""
+    split = {r for r, hs in hashes_by_round(results).items() if len(hs) > 1}
+    return {
+        rnd: [(h["model_hash"][:8], h["group_size"]) for r in results for h in r["history"]
+              if h["round"] == rnd]
+        for rnd in sorted(split)
+    }  # fmt: skip
