@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import time
+from typing import Any
 
 import pytest
 
@@ -32,6 +33,33 @@ def _received(ping_out: str) -> int:
     m = re.search(r"(\d+) received", ping_out)
     assert m, ping_out
     return int(m.group(1))
+
+
+def _wait_iperf_server(st: state.TestnetState, host: str, timeout_s: float = 20.0) -> None:
+    """Until iperf3's control port listens in HOST (its start through the CLI can take
+    longer than a fixed sleep on a loaded machine). Bounded: 40 polls at most."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(40):
+        if run_in(st, host, "ss", "-Hltn", "sport = :5201").strip():
+            return
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    raise AssertionError(f"iperf3 did not listen in {host} within {timeout_s:.0f} s")
+
+
+def _udp_lost_percent(report: dict[str, Any]) -> float:
+    """The receiver-side loss of an ``iperf3 -u -J`` client report. Where iperf puts it
+    varies (end.sum, end.sum_received, or only per stream); once in CI ``end`` had no
+    ``sum`` at all, so look in each place and show the report if none has it."""
+    end = report.get("end", {})
+    for key in ("sum", "sum_received"):
+        if "lost_percent" in end.get(key, {}):
+            return float(end[key]["lost_percent"])
+    streams = [s["udp"] for s in end.get("streams", []) if "lost_percent" in s.get("udp", {})]
+    if len(streams) == 1:
+        return float(streams[0]["lost_percent"])
+    raise AssertionError(f"no loss figure in iperf3's report: {json.dumps(report)[-3000:]}")
 
 
 def test_up_is_idempotent_and_down_leaves_nothing(testnet: Factory) -> None:
@@ -71,7 +99,7 @@ def test_bulk_transfer_runs_at_100_mbit(testnet: Factory) -> None:
                                "iperf3", "-s", "-1", "-B", st.hosts[1].addr],
                               stdout=subprocess.DEVNULL)  # fmt: skip
     try:
-        time.sleep(1.0)
+        _wait_iperf_server(st, "h1")
         out = run_in(st, "h0", "iperf3", "-c", st.hosts[1].addr, "-t", "6", "-O", "2", "-J")
         mbit = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
         assert 85.0 <= mbit <= 115.0, mbit
@@ -86,18 +114,41 @@ def test_loss_is_per_packet_with_offloads_off(testnet: Factory) -> None:
         assert re.search(r"^tcp-segmentation-offload: off", feats, re.M), feats
         assert re.search(r"^generic-segmentation-offload: off", feats, re.M), feats
     applier.shape(st.name, "h1", loss_pct=10.0)
+    errors = []
+    for _ in range(UDP_ATTEMPTS):
+        report = _udp_run(st, ["-b", "8M", "-l", "1200", "-t", "4"])
+        if "error" not in report:
+            break
+        errors.append(report["error"])
+    else:
+        raise AssertionError(f"iperf3 failed {UDP_ATTEMPTS} times: {errors}")
+    lost = _udp_lost_percent(report)
+    # ~3300 datagrams: 10% +- 3 sigma (sigma ~0.5%)
+    assert 8.0 <= lost <= 12.0, lost
+
+
+# iperf3 sets a UDP test up with one datagram each way and does not resend it: on a 10%
+# lossy link that fails now and then ("unable to read from stream socket", exit 0),
+# seen in CI and here. A fresh server and client per try; 5 tries all fail ~1e-4.
+UDP_ATTEMPTS = 5
+
+
+def _udp_run(st: state.TestnetState, args: list[str]) -> dict[str, Any]:
+    """One ``iperf3 -u`` test from h0 to a one-off server in h1: the client's report."""
     server = subprocess.Popen([*SHOAL, "testnet", "exec", "h1", "--name", st.name, "--",
                                "iperf3", "-s", "-1", "-B", st.hosts[1].addr],
                               stdout=subprocess.DEVNULL)  # fmt: skip
     try:
-        time.sleep(1.0)
-        out = run_in(st, "h0", "iperf3", "-u", "-b", "8M", "-l", "1200", "-c",
-                     st.hosts[1].addr, "-t", "4", "-J")  # fmt: skip
-        lost = json.loads(out)["end"]["sum"]["lost_percent"]
-        # ~3300 datagrams: 10% +- 3 sigma (sigma ~0.5%)
-        assert 8.0 <= lost <= 12.0, lost
+        _wait_iperf_server(st, "h1")
+        out = run_in(st, "h0", "iperf3", "-u", *args, "-c", st.hosts[1].addr, "-J")
+        report: dict[str, Any] = json.loads(out)
+        return report
     finally:
-        server.wait(timeout=30)
+        try:
+            server.wait(timeout=10)  # it exits after a test; not always after a failed one
+        except subprocess.TimeoutExpired:
+            server.kill()  # by its own PID (testnet exec execs iperf3 in place)
+            server.wait(timeout=10)
 
 
 def test_partition_blocks_and_heal_restores(testnet: Factory) -> None:
