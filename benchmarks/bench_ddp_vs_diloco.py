@@ -16,6 +16,11 @@ own data shard with the same batch size (same compute per peer):
 
 ``--pretrain K``: every arm (DDP, the swarm, one node alone) starts from the demo model
 trained K steps on one node, as the DiLoCo paper starts from a pretrained model.
+
+Loss: every arm's final model on the same ``--eval-batches`` held-out batches of 16
+(default 200: evenly spaced windows that cover the whole 230 KB held-out split), and,
+for comparison with earlier runs, on the demo's 8 (``*_loss_8``). Eight batches are
+~8k predicted bytes: too few to resolve a 2% gap between two trainings.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from shoal.training.checkpoint import Checkpoint, save_checkpoint
 from shoal.training.data import stdlib_corpus
 from shoal.training.demo import DemoConfig, run_demo
-from shoal.training.local import pretrain_single_node
+from shoal.training.local import pretrain_single_node, train_single_node
 from shoal.training.model import GPT, GPTConfig, evaluate, num_params
 from shoal.training.run_config import load_init_params
 
@@ -72,16 +77,29 @@ def _ddp_worker(rank: int, world: int, port: int, steps: int, out: str, init: st
         opt.step()
     wall = time.monotonic() - t0
     if rank == 0:
-        Path(out).write_text(json.dumps({"loss": evaluate(model, corpus), "wall_s": wall}))
+        named = {k: p.detach() for k, p in model.named_parameters()}
+        save_checkpoint(Path(out) / "ddp.safetensors", Checkpoint(named, 0, None, {}))
+        (Path(out) / "ddp.json").write_text(json.dumps({"wall_s": wall}))
     dist.destroy_process_group()
 
 
-def run_ddp(world: int, steps: int, init: Path | None = None) -> dict[str, float]:
+def held_out(checkpoint: Path, batches: int) -> float:
+    """Held-out loss of a checkpoint's model on ``batches`` fixed batches of 16."""
+    model = GPT(GPTConfig(), seed=0)
+    load_init_params(model, checkpoint)
+    return evaluate(model, stdlib_corpus(), batches)
+
+
+def run_ddp(
+    world: int, steps: int, eval_batches: int, init: Path | None = None
+) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        out = os.path.join(tmp, "ddp.json")
-        args = (world, _free_port(), steps, out, None if init is None else str(init))
+        args = (world, _free_port(), steps, tmp, None if init is None else str(init))
         mp.spawn(_ddp_worker, args=args, nprocs=world, join=True)
-        result: dict[str, float] = json.loads(Path(out).read_text())
+        result: dict[str, float] = json.loads((Path(tmp) / "ddp.json").read_text())
+        final = Path(tmp) / "ddp.safetensors"
+        result["loss"] = held_out(final, eval_batches)
+        result["loss_8"] = held_out(final, 8)
         return result
 
 
@@ -99,6 +117,7 @@ def main() -> None:
         "--pretrain", type=int, default=0,
         help="start every arm from the demo model trained this many steps on one node",
     )  # fmt: skip
+    ap.add_argument("--eval-batches", type=int, default=200)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     steps = args.rounds * args.inner_steps
@@ -107,15 +126,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         init = None
         start_loss = None
+        start_state: dict[str, torch.Tensor] | None = None
         if args.pretrain:
             model = pretrain_single_node(args.pretrain)
-            start_loss = round(evaluate(model, stdlib_corpus()), 4)
+            start_loss = round(evaluate(model, stdlib_corpus(), args.eval_batches), 4)
+            start_state = model.state_dict()
             init = Path(tmp) / "pretrained.safetensors"
             named = {k: p.detach() for k, p in model.named_parameters()}
             save_checkpoint(
                 init, Checkpoint(named, 0, None, {"pretrain_steps": str(args.pretrain)})
             )
-        ddp = run_ddp(n, steps, init)
+        ddp = run_ddp(n, steps, args.eval_batches, init)
         cfg = DemoConfig(
             nodes=n, rounds=args.rounds, inner_steps=args.inner_steps, out=Path(tmp) / "demo",
             outer_lr=args.outer_lr, outer_momentum=args.outer_momentum, ledger=False,
@@ -123,24 +144,39 @@ def main() -> None:
             progress_interval_s=args.progress_interval_s, model_init=init,
         )  # fmt: skip
         shoal = run_demo(cfg)
+        node0 = json.loads((cfg.out / "node0" / "result.json").read_text())
+        swarm_loss = held_out(Path(node0["checkpoint"]), args.eval_batches)
+        local_steps = [
+            json.loads((cfg.out / f"node{i}" / "result.json").read_text())["local_steps"]
+            for i in range(n)
+        ]
+        single = train_single_node(
+            steps, batch_size=BATCH, lr=LR, init=start_state, eval_batches=args.eval_batches
+        ).final_loss
     ddp_bytes = int(steps * n * 2 * (n - 1) / n * 4 * numel)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
         "peers": n,
         "local_steps_per_peer": steps,
         "params": numel,
+        "eval_batches": args.eval_batches,
         "ddp_loss": round(ddp["loss"], 4),
+        "ddp_loss_8": round(ddp["loss_8"], 4),
         "ddp_bytes": ddp_bytes,
-        "shoal_loss": shoal["swarm_loss"],
+        "shoal_loss": round(swarm_loss, 4),
+        "shoal_loss_8": shoal["swarm_loss"],
+        "shoal_local_steps": local_steps,
         "shoal_bytes": shoal["bytes_sent"],
         "shoal_averaging_bytes": shoal["averaging_bytes_sent"],
         "pretrain_steps": args.pretrain,
         "start_loss": start_loss,
         "compression": args.compression,
         "progress_interval_s": args.progress_interval_s,
-        "single_node_loss": shoal["single_node_loss"],
+        "single_node_loss": round(single, 4),
+        "single_node_loss_8": shoal["single_node_loss"],
         "communication_ratio": round(ddp_bytes / shoal["bytes_sent"], 1),
-        "loss_gap_vs_ddp": round(shoal["swarm_loss"] / ddp["loss"] - 1, 4),
+        "loss_gap_vs_ddp": round(swarm_loss / ddp["loss"] - 1, 4),
+        "loss_gap_vs_ddp_8": round(shoal["swarm_loss"] / ddp["loss_8"] - 1, 4),
         "model_hashes_equal": shoal["model_hashes_equal"],
         "outer_lr": args.outer_lr,
         "outer_momentum": args.outer_momentum,
