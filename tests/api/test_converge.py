@@ -32,14 +32,20 @@ def _opt(node: NodeThread) -> DiLoCo:
                         inner_steps=10, compression="none", join_existing=False)  # fmt: skip
 
 
+def _start_three(tmp_path: Path, nodes: list[NodeThread]) -> None:
+    """Nodes a, b, c of run "conv", b and c bootstrapped from a (appended as they start,
+    so the caller's ``finally`` stops every one that did)."""
+    for name in "abc":
+        boot = [str(nodes[0].node.contact)] if nodes and nodes[0].node else []
+        nodes.append(shoal.start_node(tmp_path / name, run="conv", target_samples=10**6,
+                                      bootstrap=boot))  # fmt: skip
+
+
 @pytest.mark.slow
 def test_outvoted_peer_adopts_the_swarm_state_and_all_agree(tmp_path: Path) -> None:
     nodes: list[NodeThread] = []
     try:
-        for name in "abc":
-            boot = [str(nodes[0].node.contact)] if nodes and nodes[0].node else []
-            nodes.append(shoal.start_node(tmp_path / name, run="conv", target_samples=10**6,
-                                          bootstrap=boot))  # fmt: skip
+        _start_three(tmp_path, nodes)
         opts = [_opt(n) for n in nodes]
         a, b, c = opts
         # b ends "its last round" on a model of its own; a and c agree
@@ -100,10 +106,7 @@ def test_after_a_solo_round_the_vote_waits_for_the_round_and_adopts(tmp_path: Pa
     model, so the next group would mix two starting states."""
     nodes: list[NodeThread] = []
     try:
-        for name in "abc":
-            boot = [str(nodes[0].node.contact)] if nodes and nodes[0].node else []
-            nodes.append(shoal.start_node(tmp_path / name, run="conv", target_samples=10**6,
-                                          bootstrap=boot))  # fmt: skip
+        _start_three(tmp_path, nodes)
         opts = [_opt(n) for n in nodes]
         a, b, c = opts
         for o in opts:  # round 0: everyone holds the same state
