@@ -12,7 +12,7 @@ own data shard with the same batch size (same compute per peer):
   traffic (DHT, SWIM, rounds) included.
 
     python benchmarks/bench_ddp_vs_diloco.py [--peers 4] [--rounds 10] [--inner-steps 30]
-        [--compression int8|int4|none] [--progress-interval-s 1] [--pretrain K]
+        [--compression int8|int4|int4z|none] [--progress-interval-s 1] [--pretrain K]
 
 ``--pretrain K``: every arm (DDP, the swarm, one node alone) starts from the demo model
 trained K steps on one node, as the DiLoCo paper starts from a pretrained model.

@@ -75,7 +75,8 @@ def test_quantised_vector_reencodes_exactly_on_aligned_shards(codec: str) -> Non
 
 
 @pytest.mark.parametrize(
-    ("codec", "bound_of"), [("int8", max_abs_error), ("int4", int4_max_abs_error)]
+    ("codec", "bound_of"),
+    [("int8", max_abs_error), ("int4", int4_max_abs_error), ("int4z", int4_max_abs_error)],
 )
 def test_prequantised_updates_lose_only_the_average_rounding(
     codec: str, bound_of: Callable[[float], float]

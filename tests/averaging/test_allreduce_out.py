@@ -13,7 +13,7 @@ from .helpers import close, direct_average, reduce_all, run, swarm, tensors
 from .test_allreduce import results_only
 
 
-@pytest.mark.parametrize("compression", ["none", "int8", "int4"])
+@pytest.mark.parametrize("compression", ["none", "int8", "int4", "int4z"])
 def test_average_written_into_out_matches_a_fresh_result(compression: str) -> None:
     async def body() -> None:
         members = await swarm(3)

@@ -14,7 +14,7 @@ from .helpers import close, run, swarm
 NUMEL = 30_001
 
 
-@pytest.mark.parametrize("compression", ["none", "int8", "int4"])
+@pytest.mark.parametrize("compression", ["none", "int8", "int4", "int4z"])
 @pytest.mark.parametrize("where", ["own shard", "other shard"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_non_finite_input_is_refused(compression: str, where: str, bad: float) -> None:
@@ -43,7 +43,7 @@ def test_non_finite_input_is_refused(compression: str, where: str, bad: float) -
     run(body())
 
 
-@pytest.mark.parametrize("compression", ["none", "int8", "int4"])
+@pytest.mark.parametrize("compression", ["none", "int8", "int4", "int4z"])
 def test_misshapen_input_is_refused(compression: str) -> None:
     async def body() -> None:
         members = await swarm(2)

@@ -45,10 +45,11 @@ def test_swarm_computes_the_inprocess_reference(tmp_path: Path) -> None:
     """The in-process DiLoCo (which the loss studies in docs/BENCHMARKS.md use) is the
     nodes' math: same shards, int4 codec, error feedback, the owners' re-encode on the
     chunk grid and the Nesterov step. Only the fp32 summation order differs, so the
-    losses agree closely when every peer did the same steps in every round."""
+    losses agree closely when every peer did the same steps in every round. The nodes
+    send int4z: int4 entropy-coded on the wire, which must train int4's model."""
     demo = DemoConfig(
         nodes=4, rounds=3, inner_steps=30, out=tmp_path, deadline_s=30, ledger=False,
-        compression="int4", outer_lr=0.7, outer_momentum=0.9,
+        compression="int4z", outer_lr=0.7, outer_momentum=0.9,
     )  # fmt: skip
     res = run_demo(demo)
     assert res["model_hashes_equal"] is True

@@ -56,11 +56,12 @@ def test_diloco_refuses_a_robust_rule_with_secagg(rule: str) -> None:
         SwarmAverager(None, "x", aggregator=rule, secure_aggregation=True)  # type: ignore[arg-type]
 
 
-def test_diloco_refuses_int4_with_secagg() -> None:
+@pytest.mark.parametrize("compression", ["int4", "int4z"])
+def test_diloco_refuses_int4_with_secagg(compression: str) -> None:
     m = Regression()
     with pytest.raises(ValueError, match="supports compression 'none' or 'int8'"):
         DiLoCo(m, torch.optim.SGD(m.parameters(), lr=0.1), run="x", node=None,  # type: ignore[arg-type]
-               compression="int4", secure_aggregation=True)  # fmt: skip
+               compression=compression, secure_aggregation=True)  # fmt: skip
 
 
 def _train(opt: DiLoCo, model: Regression, seed: int, steps: int,

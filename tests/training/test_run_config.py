@@ -69,6 +69,10 @@ def test_good_config_round_trips_and_builds_the_model(tmp_path: Path) -> None:
             ('compression = "none"', 'compression = "int4"\nsecure_aggregation = true'),
             "secure_aggregation supports",
         ),
+        (
+            ('compression = "none"', 'compression = "int4z"\nsecure_aggregation = true'),
+            "secure_aggregation supports",
+        ),
         (("rounds = 2", "rounds = 2\nprogress_interval_s = true"), "progress_interval_s"),
         (("rounds = 2", "rounds = 2\nprogress_interval_s = inf"), "progress_interval_s"),
         (("rounds = 2", 'rounds = 2\nprogress_interval_s = "5"'), "progress_interval_s"),

@@ -93,14 +93,17 @@ from shoal.averaging.stream_format import (
     ContributionTag,
     ResultHeader,
     ResultTag,
+    body_fits,
+    entropy_coded,
     header_bytes,
     parse_tag,
     payload_bytes,
     session_prefix,
     shard_align,
 )
-from shoal.compression import CompressionError, EncodedTensor, NonFiniteTensorError
+from shoal.compression import CompressionError, EncodedTensor, NonFiniteTensorError, entropy
 from shoal.compression.int4 import Int4Codec
+from shoal.compression.int4z import Int4ZCodec
 from shoal.compression.int8 import Int8Codec
 from shoal.identity.keys import PeerId
 from shoal.numerics import all_finite
@@ -281,8 +284,17 @@ class AllReduce:
             validate_update(flat[lo:hi], hi - lo, model_version, model_version)
         self._out = _output_buffer(out, flat)
         # int8 and int4 share one interface (check, decode, accumulate_range, encode with
-        # roundtrip); everything below is the same for both.
-        self._quant: Int8Codec | Int4Codec = Int4Codec() if compression == "int4" else Int8Codec()
+        # roundtrip); everything below is the same for both. int4z is int4 whose bodies
+        # are entropy frames (`_wire`): unpacked to the int4 payload on arrival, packed
+        # from it just before sending, so nothing else sees the difference.
+        self._quant: Int8Codec | Int4Codec = (
+            Int4ZCodec()
+            if compression == "int4z"
+            else Int4Codec()
+            if compression == "int4"
+            else Int8Codec()
+        )
+        self._wire = entropy_coded(compression)
         # owner side: contributions to our shard
         self._incoming: dict[int, tuple[bytearray, float]] = {}  # stream accepted, not done
         self._arrived: dict[int, tuple[bytearray, float]] = {}
@@ -377,7 +389,7 @@ class AllReduce:
     def _accept_contribution(self, m: int, t: ContributionTag, size: int) -> memoryview | None:
         if self._resolved(m) or m in self._incoming or self._reduced:
             return None  # duplicate, or too late: our decision about m is final
-        expected = payload_bytes(self._codec, self._shard_len(self._idx))
+        k = self._shard_len(self._idx)
         problem = ""
         if t.sender != m:
             problem = f"claims member index {t.sender} but is member {m}"
@@ -390,8 +402,11 @@ class AllReduce:
             problem = f"wrong size: vector of {t.numel} values, expected {self._numel}"
         elif t.codec != self._codec:
             problem = f"codec {t.codec!r}, expected {self._codec!r}"
-        elif size != expected:
-            problem = f"wrong size: announced {size} bytes, the shard needs {expected}"
+        elif not body_fits(self._codec, k, size):
+            need = payload_bytes(self._codec, k)
+            problem = f"wrong size: announced {size} bytes, the shard needs {need}"
+            if self._wire:
+                problem += f" ({entropy.max_frame_size(need)} at most, entropy-coded)"
         if problem:
             self._exclude(m, STATUS_REJECTED, problem)
             return None
@@ -411,11 +426,11 @@ class AllReduce:
             or j in self._result_decodes
         ):
             return None
-        expected = header_bytes(self._n) + payload_bytes(self._codec, self._shard_len(j))
+        hb, k = header_bytes(self._n), self._shard_len(j)
         if (t.version, t.numel, t.codec) != (self._version, self._numel, self._codec):
             reason = f"result tag {t} does not match this all-reduce"
-        elif size != expected:
-            reason = f"result of {size} bytes, expected {expected}"
+        elif size < hb or not body_fits(self._codec, k, size - hb):
+            reason = f"result of {size} bytes, expected {hb + payload_bytes(self._codec, k)}"
         else:
             buf = POOL.take(size)
             self._result_incoming[j] = buf
@@ -478,8 +493,13 @@ class AllReduce:
             return tag, [x.numpy().data]  # zero-copy: streamed from the caller's tensor
         payload = POOL.take(payload_bytes(self._codec, hi - lo))
         self._recycle.append(payload)  # read by our send, which ends before run() does
-        encoded = await self._in_thread(self._quant.encode, x, payload)
-        return tag, [encoded.payload]
+        body = await self._in_thread(self._encode_body, x, payload)
+        return tag, [body]
+
+    def _encode_body(self, x: torch.Tensor, payload: bytearray) -> Buffer:
+        """``x`` encoded into ``payload``, and what goes on the wire for it (worker)."""
+        self._quant.encode(x, payload)
+        return entropy.pack(payload) if self._wire else payload
 
     async def send_stream(self, to: int, tag: str, buffers: list[Buffer]) -> None:
         await self._transport.send_bulk(self._group[to], self._prefix + tag, buffers)
@@ -625,6 +645,15 @@ class AllReduce:
             await asyncio.wait([fut])
             raise
 
+    def _unpacked(self, frame: Buffer, k: int) -> bytearray:
+        """The payload of ``k`` values an untrusted entropy frame rebuilds to, in a pooled
+        buffer recycled when the call ends (worker thread). MalformedEncodingError if
+        it does not rebuild to exactly that size."""
+        raw = POOL.take(payload_bytes(self._codec, k))
+        self._recycle.append(raw)  # list.append is atomic; read on the loop later
+        entropy.unpack_into(frame, raw)
+        return raw
+
     def _decode_into(self, payload: Buffer, out: torch.Tensor) -> None:
         """Decode ``out.numel()`` floats into ``out`` (untrusted bytes; sizes were checked
         at accept). On error ``out`` holds junk."""
@@ -648,6 +677,8 @@ class AllReduce:
         codes are in [-127, 127] decodes to |value| <= its chunk's scale."""
         x: Contribution
         try:
+            if self._wire:
+                buf = self._unpacked(buf, k)
             if self._codec == "none" or k == 0:
                 x = torch.frombuffer(buf, dtype=torch.float32, count=k) if k else torch.empty(0)
                 if scan:
@@ -777,7 +808,7 @@ class AllReduce:
                 self._quant.encode(acc, out=payload, roundtrip=acc)
             except NonFiniteTensorError:  # the int8 mean is not scanned: it shows here
                 raise CompressionError("averaged shard overflowed fp32") from None
-            self._shard_payload = [payload]
+            self._shard_payload = [entropy.pack(payload) if self._wire else payload]
 
     async def _reduce(self) -> float:
         self._reduced = True  # from here on, accept() refuses contributions
@@ -868,7 +899,10 @@ class AllReduce:
         else:
             # int8 decodes only finite values (scales are checked, |code| <= 127); a
             # malformed payload fails this owner's shard, so what it left is unused.
-            self._decode_into(view[hb:], self._out[lo:hi])
+            body: Buffer = view[hb:]
+            if self._wire:
+                body = self._unpacked(body, hi - lo)
+            self._decode_into(body, self._out[lo:hi])
         return header
 
     # ---------------------------------------------------------------- driver

@@ -6,7 +6,8 @@ Every stream of one all-reduce is tagged ``ar/<session>/<kind>...`` (the router 
     c/<sender>/<shard>/<version>/<numel>/<codec>/<weight>   a contribution
         sender = the sender's index in the group (must match its authenticated id),
         shard  = the receiver's index, version = model version it was computed from,
-        numel  = length of the *whole* flat vector, codec = "none" | "int8" | "int4",
+        numel  = length of the *whole* flat vector, codec = "none" | "int8" | "int4" |
+                 "int4z",
         weight = float.hex() of the sender's weight (finite, > 0).
         Body: the sender's unweighted shard, encoded by the codec.
     r/<shard>/<version>/<numel>/<codec>                     an averaged shard
@@ -21,7 +22,9 @@ n status bytes (STATUS_* below, one per member in group order), n f64 weights (t
 weight the owner used for each member; 0 if excluded). Codec payload sizes follow
 from the shard length: none = 4 bytes per value, int8 = 1 byte per value plus one
 fp32 scale per 4096 values (see shoal.compression.int8); int4 = half a
-byte per value plus one fp32 scale per 256 values (shoal.compression.int4).
+byte per value plus one fp32 scale per 256 values (shoal.compression.int4). An
+int4z body is `shoal.compression.entropy`'s frame of the int4 payload: any size from
+1 to the payload size + 1 (`max_body_bytes`), which must rebuild to exactly the payload.
 """
 
 from __future__ import annotations
@@ -30,10 +33,10 @@ import math
 import struct
 from dataclasses import dataclass
 
-from shoal.compression import int4, int8
+from shoal.compression import entropy, int4, int8
 
 TAG_PREFIX = "ar/"
-CODECS = ("none", "int8", "int4")
+CODECS = ("none", "int8", "int4", "int4z")
 MAX_SESSION_BYTES = 120  # leaves room for the longest kind suffix in a 256-byte tag
 MAX_GROUP_SIZE = 1024
 _MAX_INT_DIGITS = 20
@@ -76,7 +79,12 @@ def session_prefix(session: str) -> str:
 
 
 # Values per scale block of each codec on the wire (fp32 has none: 1).
-_CHUNK = {"none": 1, "int8": int8.DEFAULT_CHUNK_SIZE, "int4": int4.DEFAULT_CHUNK_SIZE}
+_CHUNK = {
+    "none": 1,
+    "int8": int8.DEFAULT_CHUNK_SIZE,
+    "int4": int4.DEFAULT_CHUNK_SIZE,
+    "int4z": int4.DEFAULT_CHUNK_SIZE,
+}
 
 
 def shard_align(codec: str) -> int:
@@ -93,9 +101,23 @@ def payload_bytes(codec: str, values: int) -> int:
         return 4 * values
     if codec == "int8":
         return int8.payload_size(values)
-    if codec == "int4":
+    if codec in ("int4", "int4z"):
         return int4.payload_size(values)
     raise ValueError(f"unknown codec {codec!r}; known: {list(CODECS)}")
+
+
+def entropy_coded(codec: str) -> bool:
+    """Whether ``codec``'s bodies are entropy frames of its payload (`entropy.py`)."""
+    return codec == "int4z"
+
+
+def body_fits(codec: str, values: int, size: int) -> bool:
+    """Whether a body of ``size`` bytes may carry ``values`` floats under ``codec``: the
+    exact payload size, or for an entropy-coded codec any frame size up to the bound."""
+    payload = payload_bytes(codec, values)
+    if entropy_coded(codec):
+        return entropy.FRAME_HEADER_BYTES <= size <= entropy.max_frame_size(payload)
+    return size == payload
 
 
 @dataclass(frozen=True, slots=True)

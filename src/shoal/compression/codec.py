@@ -58,6 +58,7 @@ class EncodedTensor:
 @runtime_checkable
 class Codec(Protocol):
     name: str
+    entropy_coded: bool  # the wire carries entropy.pack(payload), not the payload
 
     def encode(self, tensor: torch.Tensor) -> EncodedTensor: ...
 
@@ -118,16 +119,18 @@ def check_shape(shape: tuple[int, ...]) -> int:
 
 
 def get_codec(name: str) -> Codec:
-    """The codec registered under `name` ("none" for fp32, "int8", "int4")."""
+    """The codec registered under `name` ("none" for fp32, "int8", "int4", "int4z")."""
     # Imported here: codec modules import this one.
     from shoal.compression.fp32 import Fp32Codec
     from shoal.compression.int4 import Int4Codec
+    from shoal.compression.int4z import Int4ZCodec
     from shoal.compression.int8 import Int8Codec
 
     codecs: dict[str, type[Fp32Codec] | type[Int8Codec] | type[Int4Codec]] = {
         Fp32Codec.name: Fp32Codec,
         Int8Codec.name: Int8Codec,
         Int4Codec.name: Int4Codec,
+        Int4ZCodec.name: Int4ZCodec,
     }
     if name not in codecs:
         raise ValueError(f"unknown codec {name!r}; known: {sorted(codecs)}")

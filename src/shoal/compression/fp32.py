@@ -17,6 +17,7 @@ from shoal.compression.codec import (
 
 class Fp32Codec:
     name = "none"
+    entropy_coded = False
 
     def encode(self, tensor: torch.Tensor) -> EncodedTensor:
         flat = flat_float32(tensor)

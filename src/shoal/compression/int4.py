@@ -60,6 +60,7 @@ def payload_size(numel: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
 
 class Int4Codec:
     name = "int4"
+    entropy_coded = False  # int4z (int4z.py) is this codec, entropy-coded on the wire
 
     def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         if not 2 <= chunk_size <= MAX_CHUNK_SIZE or chunk_size % 2:

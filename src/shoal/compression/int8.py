@@ -137,6 +137,7 @@ def payload_size(numel: int, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
 
 class Int8Codec:
     name = "int8"
+    entropy_coded = False
 
     def __init__(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
         if not 1 <= chunk_size <= MAX_CHUNK_SIZE:

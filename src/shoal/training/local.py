@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 
-from shoal.compression import ErrorFeedback, get_codec
+from shoal.compression import ErrorFeedback, entropy, get_codec
 from shoal.training.data import SHARD_STRIPE_BYTES, Corpus, stdlib_corpus
 from shoal.training.diloco_math import (
     OuterOptimizer,
@@ -253,7 +253,8 @@ def simulate_diloco_inprocess(
             start = global_flat if overlap == "off" else starts[i]
             delta = pseudo_gradient(start, flatten_params(model.parameters()))
             encoded = ef.encode("params", delta)  # what would go on the wire
-            result.bytes_sent += encoded.nbytes
+            wire = entropy.pack(encoded.payload) if ef.codec.entropy_coded else encoded.payload
+            result.bytes_sent += memoryview(wire).nbytes
             result.bytes_fp32 += 4 * numel
             received.append((encoded, inner_steps * batch_size))
         # Receiver side, in peer order (the networked version sorts by peer id).

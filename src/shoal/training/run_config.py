@@ -8,7 +8,7 @@ target_samples = 0       # close a round at this many swarm samples (0: expected
 expected_peers = 4
 deadline_s = 120.0       # ...or this long after this peer reached the round's end
 group_size = 16          # Moshpit group size
-compression = "int8"     # "none", "int8" or "int4"
+compression = "int8"     # "none", "int8", "int4" or "int4z" (int4, entropy-coded)
 progress_interval_s = 1.0  # publish / poll round progress this often (raise for long rounds)
 seed = 0                 # same seed -> same initial model on every peer
 overlap = false          # average round r while round r+1 computes (outer step one round late)
@@ -62,7 +62,7 @@ from shoal.secagg.group_driver import require_mean
 from shoal.secagg.network_messages import MAX_SECAGG_GROUP
 from shoal.training.checkpoint import CheckpointError, load_checkpoint
 
-COMPRESSIONS = ("none", "int8", "int4")
+COMPRESSIONS = ("none", "int8", "int4", "int4z")
 
 
 class ConfigError(ValueError):
@@ -256,7 +256,7 @@ def _check(cfg: RunConfig) -> None:
             require_mean(cfg.aggregator)
         except ValueError as exc:
             raise ConfigError(f"run.secure_aggregation: {exc}") from None
-        if cfg.compression == "int4":  # its result stream carries fp32 or int8
+        if cfg.compression in ("int4", "int4z"):  # its result stream carries fp32 or int8
             raise ConfigError("run.secure_aggregation supports compression 'none' or 'int8'")
         if cfg.group_size > MAX_SECAGG_GROUP:
             raise ConfigError(f"run.group_size must be <= {MAX_SECAGG_GROUP} with "
