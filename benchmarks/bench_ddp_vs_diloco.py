@@ -56,18 +56,20 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _ddp_worker(rank: int, world: int, port: int, steps: int, out: str, init: str | None) -> None:
+def _ddp_worker(
+    rank: int, world: int, port: int, steps: int, out: str, init: str | None, seed: int
+) -> None:
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
     )
     corpus = stdlib_corpus()
-    model = GPT(GPTConfig(), seed=0)
+    model = GPT(GPTConfig(), seed=seed)  # the nodes build RunConfig.seed's model
     if init is not None:
         load_init_params(model, Path(init))
     ddp = DistributedDataParallel(model)
     opt = torch.optim.AdamW(ddp.parameters(), lr=LR, weight_decay=0.1)
-    batches = corpus.batches("train", BATCH, model.cfg.block_size, seed=0, shard=(rank, world))
+    batches = corpus.batches("train", BATCH, model.cfg.block_size, seed=seed, shard=(rank, world))
     t0 = time.monotonic()
     for _ in range(steps):
         x, y = next(batches)
@@ -91,10 +93,10 @@ def held_out(checkpoint: Path, batches: int) -> float:
 
 
 def run_ddp(
-    world: int, steps: int, eval_batches: int, init: Path | None = None
+    world: int, steps: int, eval_batches: int, init: Path | None = None, seed: int = 0
 ) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
-        args = (world, _free_port(), steps, tmp, None if init is None else str(init))
+        args = (world, _free_port(), steps, tmp, None if init is None else str(init), seed)
         mp.spawn(_ddp_worker, args=args, nprocs=world, join=True)
         result: dict[str, float] = json.loads((Path(tmp) / "ddp.json").read_text())
         final = Path(tmp) / "ddp.safetensors"
@@ -118,6 +120,10 @@ def main() -> None:
         help="start every arm from the demo model trained this many steps on one node",
     )  # fmt: skip
     ap.add_argument("--eval-batches", type=int, default=200)
+    ap.add_argument(
+        "--seed", type=int, default=0,
+        help="batch streams of every arm (DDP ranks, swarm nodes, one node); the start is fixed",
+    )  # fmt: skip
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     steps = args.rounds * args.inner_steps
@@ -136,12 +142,12 @@ def main() -> None:
             save_checkpoint(
                 init, Checkpoint(named, 0, None, {"pretrain_steps": str(args.pretrain)})
             )
-        ddp = run_ddp(n, steps, args.eval_batches, init)
+        ddp = run_ddp(n, steps, args.eval_batches, init, args.seed)
         cfg = DemoConfig(
             nodes=n, rounds=args.rounds, inner_steps=args.inner_steps, out=Path(tmp) / "demo",
             outer_lr=args.outer_lr, outer_momentum=args.outer_momentum, ledger=False,
             deadline_s=args.deadline_s, compression=args.compression,
-            progress_interval_s=args.progress_interval_s, model_init=init,
+            progress_interval_s=args.progress_interval_s, model_init=init, seed=args.seed,
         )  # fmt: skip
         shoal = run_demo(cfg)
         node0 = json.loads((cfg.out / "node0" / "result.json").read_text())
@@ -151,8 +157,9 @@ def main() -> None:
             for i in range(n)
         ]
         single = train_single_node(
-            steps, batch_size=BATCH, lr=LR, init=start_state, eval_batches=args.eval_batches
-        ).final_loss
+            steps, batch_size=BATCH, lr=LR, init=start_state, eval_batches=args.eval_batches,
+            seed=args.seed,
+        ).final_loss  # fmt: skip
     ddp_bytes = int(steps * n * 2 * (n - 1) / n * 4 * numel)
     result = {
         "machine": f"{platform.machine()}, {os.cpu_count()} cpus, torch {torch.__version__}",
@@ -169,6 +176,7 @@ def main() -> None:
         "shoal_bytes": shoal["bytes_sent"],
         "shoal_averaging_bytes": shoal["averaging_bytes_sent"],
         "pretrain_steps": args.pretrain,
+        "seed": args.seed,
         "start_loss": start_loss,
         "compression": args.compression,
         "progress_interval_s": args.progress_interval_s,

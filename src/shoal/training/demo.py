@@ -53,6 +53,7 @@ class DemoConfig:
     ledger: bool = True  # signed feeds + a dev chain; `shoal verify` checks the result
     progress_interval_s: float = 1.0  # round progress publish/poll period (RunConfig)
     model_init: Path | None = None  # a checkpoint every node (and the baseline) starts from
+    seed: int = 0  # every node's RunConfig.seed: the initial model and the batch streams
 
 
 Progress = Callable[[int, dict[str, Any]], None]
@@ -66,7 +67,7 @@ def node_config(cfg: DemoConfig, i: int, bootstrap: list[str]) -> RunConfig:
         batch_size=cfg.batch_size, rank=i, world=cfg.nodes, bootstrap=bootstrap,
         outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
         progress_interval_s=cfg.progress_interval_s, model_init=cfg.model_init,
-        progress_file=d / "progress.jsonl", result_file=d / "result.json",
+        progress_file=d / "progress.jsonl", result_file=d / "result.json", seed=cfg.seed,
     )  # fmt: skip
 
 
