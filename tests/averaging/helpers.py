@@ -114,3 +114,22 @@ async def reduce_all(
         for kind, m, x, w in zip(kinds, members, xs, ws, strict=True)
     ]
     return list(await asyncio.gather(*runs, return_exceptions=True))
+
+
+async def reduce_with_one_bad(
+    members: Sequence[Member],
+    xs: Sequence[torch.Tensor],
+    ws: Sequence[float],
+    session: str,
+    bad: int,
+    kind: type[AllReduce],
+    *,
+    compression: str = "none",
+) -> list[AllReduceResult]:
+    """One all-reduce where member ``bad`` runs ``kind`` and the rest plain AllReduce;
+    every member, the bad one included, must come back with a result."""
+    jobs = [kind if i == bad else AllReduce for i in range(len(members))]
+    outs = await reduce_all(members, xs, ws, session, jobs=jobs, compression=compression)
+    results = [o for o in outs if isinstance(o, AllReduceResult)]
+    assert len(results) == len(members), outs
+    return results

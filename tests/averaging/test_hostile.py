@@ -12,7 +12,7 @@ from shoal.averaging.stream_format import ContributionTag
 from shoal.training.diloco_math import model_hash
 from shoal.transport.bulk import BulkClient
 
-from .helpers import close, reduce_all, run, swarm, tensors
+from .helpers import close, reduce_all, reduce_with_one_bad, run, swarm, tensors
 
 NUMEL = 100_003
 BAD = 1  # index of the hostile member in the sorted group
@@ -94,10 +94,7 @@ def test_hostile_contribution_is_excluded(mode: str) -> None:
         try:
             xs = tensors(4, NUMEL, seed=3)
             kind = type("H", (Hostile,), {"mode": mode})
-            jobs = [kind if i == BAD else AllReduce for i in range(4)]
-            outs = await reduce_all(members, xs, WEIGHTS, f"hostile/{mode}", jobs=jobs)
-            results = [o for o in outs if isinstance(o, AllReduceResult)]
-            assert len(results) == 4, outs
+            results = await reduce_with_one_bad(members, xs, WEIGHTS, f"hostile/{mode}", BAD, kind)
             bad_id = members[BAD].peer_id
             honest = [i for i in range(4) if i != BAD]
             for i in honest:

@@ -11,7 +11,7 @@ import torch
 from shoal.averaging import AllReduce, AllReduceResult
 from shoal.training.diloco_math import model_hash
 
-from .helpers import close, reduce_all, run, swarm
+from .helpers import close, reduce_all, reduce_with_one_bad, run, swarm
 
 NUMEL = 200_003
 BAD = 1
@@ -85,9 +85,8 @@ def test_malformed_frame_is_excluded(mode: str, reason: str) -> None:
         try:
             xs = heavy_tailed(4, NUMEL, seed=4)
             kind = type("B", (BadFrame,), {"mode": mode})
-            jobs = [kind if i == BAD else AllReduce for i in range(4)]
-            outs = results(
-                await reduce_all(members, xs, WEIGHTS, f"z/{mode}", jobs=jobs, compression="int4z")
+            outs = await reduce_with_one_bad(
+                members, xs, WEIGHTS, f"z/{mode}", BAD, kind, compression="int4z"
             )
             bad_id = members[BAD].peer_id
             for i in (i for i in range(4) if i != BAD):

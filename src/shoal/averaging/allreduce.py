@@ -94,7 +94,6 @@ from shoal.averaging.stream_format import (
     ResultHeader,
     ResultTag,
     body_fits,
-    entropy_coded,
     header_bytes,
     parse_tag,
     payload_bytes,
@@ -287,14 +286,9 @@ class AllReduce:
         # roundtrip); everything below is the same for both. int4z is int4 whose bodies
         # are entropy frames (`_wire`): unpacked to the int4 payload on arrival, packed
         # from it just before sending, so nothing else sees the difference.
-        self._quant: Int8Codec | Int4Codec = (
-            Int4ZCodec()
-            if compression == "int4z"
-            else Int4Codec()
-            if compression == "int4"
-            else Int8Codec()
-        )
-        self._wire = entropy_coded(compression)
+        quant = {"int4": Int4Codec, "int4z": Int4ZCodec}.get(compression, Int8Codec)
+        self._quant: Int8Codec | Int4Codec = quant()
+        self._wire = self._quant.entropy_coded
         # owner side: contributions to our shard
         self._incoming: dict[int, tuple[bytearray, float]] = {}  # stream accepted, not done
         self._arrived: dict[int, tuple[bytearray, float]] = {}

@@ -24,7 +24,7 @@ from the shard length: none = 4 bytes per value, int8 = 1 byte per value plus on
 fp32 scale per 4096 values (see shoal.compression.int8); int4 = half a
 byte per value plus one fp32 scale per 256 values (shoal.compression.int4). An
 int4z body is `shoal.compression.entropy`'s frame of the int4 payload: any size from
-1 to the payload size + 1 (`max_body_bytes`), which must rebuild to exactly the payload.
+1 to the payload size + 1 (`body_fits`), which must rebuild to exactly the payload.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import math
 import struct
 from dataclasses import dataclass
 
-from shoal.compression import entropy, int4, int8
+from shoal.compression import entropy, get_codec, int4, int8
 
 TAG_PREFIX = "ar/"
 CODECS = ("none", "int8", "int4", "int4z")
@@ -108,7 +108,7 @@ def payload_bytes(codec: str, values: int) -> int:
 
 def entropy_coded(codec: str) -> bool:
     """Whether ``codec``'s bodies are entropy frames of its payload (`entropy.py`)."""
-    return codec == "int4z"
+    return codec in CODECS and get_codec(codec).entropy_coded
 
 
 def body_fits(codec: str, values: int, size: int) -> bool:

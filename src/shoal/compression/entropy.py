@@ -1,7 +1,7 @@
 """Lossless entropy coding of a codec's payload, for the wire only.
 
 A pseudo-gradient is heavy-tailed, so most int4 codes sit on the few levels around 0:
-on a real DiLoCo update (4 peers, 250 local steps, docs/BENCHMARKS.md) the 15 levels
+on one peer's real DiLoCo update (250 local steps, docs/BENCHMARKS.md) the 15 levels
 carry 3.2 bits of information per value, not 4. Huffman-coding the packed bytes (each
 byte is a pair of codes, so the code table covers pairs) gets within 0.2% of that
 entropy at about 1 ms per 190 KB shard; LZ matching finds nothing in quantisation
@@ -9,7 +9,7 @@ noise, so DEFLATE runs Huffman-only.
 
 This changes only the bytes that travel: the codec's payload is rebuilt bit for bit
 before anything reads it, so a model trained over "int4z" is the model trained over
-"int4" (tests/compression/test_entropy.py checks both sides of that).
+"int4" (tests/averaging/test_int4z.py: the same model hash over fewer bytes).
 
 Wire frame: one method byte, then the body.
 
@@ -17,9 +17,9 @@ Wire frame: one method byte, then the body.
     METHOD_DEFLATE  body = a raw DEFLATE stream (RFC 1951, no zlib header) of the payload
 
 The receiver knows the exact payload size from the codec and the shard length, and
-treats the frame as untrusted: it inflates at most that many bytes (a frame cannot make
-it allocate more: no decompression bomb), and refuses a frame that inflates to fewer,
-that does not end where its stream ends, or that has bytes after its end.
+treats the frame as untrusted: it inflates at most one byte more than that (a frame
+cannot make it allocate more: no decompression bomb), and refuses a frame that inflates
+to another size, that does not end where its stream ends, or that has bytes after it.
 """
 
 from __future__ import annotations

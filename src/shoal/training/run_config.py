@@ -256,7 +256,7 @@ def _check(cfg: RunConfig) -> None:
             require_mean(cfg.aggregator)
         except ValueError as exc:
             raise ConfigError(f"run.secure_aggregation: {exc}") from None
-        if cfg.compression in ("int4", "int4z"):  # its result stream carries fp32 or int8
+        if cfg.compression not in ("none", "int8"):  # its result stream carries fp32 or int8
             raise ConfigError("run.secure_aggregation supports compression 'none' or 'int8'")
         if cfg.group_size > MAX_SECAGG_GROUP:
             raise ConfigError(f"run.group_size must be <= {MAX_SECAGG_GROUP} with "
