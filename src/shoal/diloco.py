@@ -317,29 +317,36 @@ class DiLoCo:
             outcome = self.node_thread.call(self._averager.finish(self.round, delta_q, samples))
         self._mark("averaged", self.round)
         with self._timed("apply_s"):
-            entry = self._apply_outcome(outcome, "done", self.round_steps)
+            alone = len(outcome.group.members) == 1
+            entry = self._apply_outcome(outcome, "done", self.round_steps, anchor=not alone)
         with self._timed("catch_up_s"):
             # Averaged alone (a fallback: we missed the group) while others ran: wait
             # for the heads of those that were in our round, so the vote sees their new
             # state and we adopt it now. Without the wait we started the next round from
             # our own model and the group we joined then mixed two starting states.
-            alone = len(outcome.group.members) == 1
-            self._begin_round(expect=len(outcome.group.members) - 1, after_solo=alone)
+            adopted = self._begin_round(expect=len(outcome.group.members) - 1, after_solo=alone)
+        if alone and not adopted:
+            # The vote kept our state (a lone swarm, or the others are behind): then
+            # it is the round's model and we anchor it. Outvoted, we anchor nothing:
+            # the contract takes one anchor a round, first come, and a solo fallback
+            # (no exchange, so it finishes first) would have put a model on-chain
+            # that no peer went on from (seen in the chaos suite's last round).
+            self._anchor(outcome, entry.model_hash, entry.round - 1)
         return entry
 
-    def _apply_outcome(self, outcome: RoundOutcome, verb: str, steps: int) -> RoundLog:
-        """Outer step with the group's average; record, anchor and publish the round."""
+    def _apply_outcome(
+        self, outcome: RoundOutcome, verb: str, steps: int, anchor: bool = True
+    ) -> RoundLog:
+        """Outer step with the group's average; record, anchor and publish the round.
+        ``anchor=False``: the caller anchors after the head vote (a solo round)."""
         res = outcome.result
         self.outer.step(self.global_flat, res.average)
         unflatten_into(self.global_flat, self.params)
         self.round += 1
         phases = self._phases(self.round - 1)
         h = model_hash(self._named_params())
-        if self.ledger is not None:
-            # credit only members whose update is in every shard of the average
-            counted = set(res.contributors)
-            members = [m for m in outcome.group.members if m.peer_id in counted]
-            self.ledger.anchor_round(self.round - 1, h, members)
+        if anchor:
+            self._anchor(outcome, h, self.round - 1)
         entry = RoundLog(
             self.round, h, len(outcome.group.members), outcome.group.total_samples,
             res.bytes_sent, res.bytes_received,
@@ -350,6 +357,13 @@ class DiLoCo:
         self._publish_head()
         log.info("round %d %s: hash %s, group of %d", self.round, verb, h[:12], entry.group_size)
         return entry
+
+    def _anchor(self, outcome: RoundOutcome, h: str, round_no: int) -> None:
+        if self.ledger is not None:
+            # credit only members whose update is in every shard of the average
+            counted = set(outcome.result.contributors)
+            members = [m for m in outcome.group.members if m.peer_id in counted]
+            self.ledger.anchor_round(round_no, h, members)
 
     def _publish_head(self) -> None:
         """Serve the new state and put its head in the DHT. Without overlap we wait
@@ -482,13 +496,15 @@ class DiLoCo:
                 return False
             time.sleep(CONVERGE_POLL_S)
 
-    def _begin_round(self, expect: int = 0, after_solo: bool = False) -> None:
-        self._catch_up(expect, after_solo)
+    def _begin_round(self, expect: int = 0, after_solo: bool = False) -> bool:
+        """Catch up, then open the next round; True if we adopted the swarm's state."""
+        adopted = self._catch_up(expect, after_solo)
         snap = self._server.snapshot
         log.info("round %d starts from state %s", self.round, snap.state_hash[:12] if snap else "?")
         self.round_steps = 0
         self.round_samples = 0
         self.node_thread.call(self._averager.begin(self.round))
+        return adopted
 
     # -- state ---------------------------------------------------------------------
     def _snapshot(self) -> Snapshot:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import msgpack
@@ -13,10 +14,14 @@ import pytest
 import torch
 
 import shoal
+from shoal.averaging.allreduce import AllReduceResult
 from shoal.dht.records import key_for
 from shoal.diloco import DiLoCo, RoundLog
+from shoal.rounds.events import GroupFormed
 from shoal.runtime.background import NodeThread
 from shoal.training.diloco_math import model_hash, unflatten_into
+from shoal.training.swarm_averager import RoundOutcome
+from shoal.wire.contact import Contact
 
 
 class Tiny(torch.nn.Module):
@@ -139,3 +144,85 @@ def test_after_a_solo_round_the_vote_waits_for_the_round_and_adopts(tmp_path: Pa
     finally:
         for n in nodes:
             n.stop()
+
+
+class _Anchors:
+    """The RoundLedger hook's surface, recording what a peer anchors."""
+
+    def __init__(self) -> None:
+        self.anchored: list[tuple[int, str, list[str]]] = []
+
+    def commit_update(self, round_no: int, delta: bytes, samples: int) -> None:
+        pass
+
+    def anchor_round(self, round_no: int, model_hash: str, members: Sequence[Contact]) -> None:
+        self.anchored.append((round_no, model_hash, [str(m.peer_id) for m in members]))
+
+
+def _solo_round(o: DiLoCo, anchors: _Anchors) -> None:
+    """Make ``o``'s next all-reduce a group of one (it missed the others' group): its
+    own update is the average. The rest of ``_sync`` - outer step, anchor, head vote -
+    is the real code."""
+    me = o._node.contact
+    assert me is not None
+
+    async def finish(round_no: int, delta: torch.Tensor, samples: int) -> RoundOutcome:
+        res = AllReduceResult(delta.clone(), float(samples), [me.peer_id], {}, 0, 0)
+        return RoundOutcome(res, GroupFormed(round_no, (me,), (samples,), samples, 0, me.peer_id))
+
+    o._averager.finish = finish  # type: ignore[method-assign]
+    o.ledger = anchors
+
+
+@pytest.mark.slow
+def test_a_solo_round_is_anchored_only_if_the_vote_keeps_it(tmp_path: Path) -> None:
+    """The contract takes one anchor a round, first come, and a solo fallback finishes
+    first (no exchange). Outvoted, the solo peer anchors nothing, so the chain holds
+    the model the swarm goes on from; a lone swarm's solo round is its round and is
+    anchored (the chaos suite saw a last-round solo anchor no peer ended on)."""
+    nodes: list[NodeThread] = []
+    try:
+        _start_three(tmp_path, nodes)
+        opts = [_opt(n) for n in nodes]
+        a, b, c = opts
+        for o in opts:
+            o.node_thread.call(o._server.publish(o._snapshot()))
+        anchors = _Anchors()
+        _solo_round(b, anchors)
+        b.global_flat.add_(1.0)  # b's inner steps went elsewhere than the others'
+        unflatten_into(b.global_flat, b.params)
+
+        def others_finish_round_0() -> None:
+            time.sleep(1.0)
+            for o in (a, c):
+                o.global_flat.add_(0.5)
+                unflatten_into(o.global_flat, o.params)
+                o.round = 1
+                o.node_thread.call(o._server.publish(o._snapshot()))
+
+        t = threading.Thread(target=others_finish_round_0)
+        t.start()
+        try:
+            entry = b._sync()
+        finally:
+            t.join(30)
+        assert entry.adopted_hash == model_hash(a._named_params()) != entry.model_hash
+        assert anchors.anchored == []  # outvoted: a's group anchors round 0
+    finally:
+        for n in nodes:
+            n.stop()
+
+
+@pytest.mark.slow
+def test_a_lone_swarms_solo_round_is_anchored(tmp_path: Path) -> None:
+    node = shoal.start_node(tmp_path / "a", run="conv", target_samples=10**6)
+    try:
+        o = _opt(node)
+        o.node_thread.call(o._server.publish(o._snapshot()))
+        anchors = _Anchors()
+        _solo_round(o, anchors)
+        entry = o._sync()
+        assert entry.adopted_hash is None
+        assert anchors.anchored == [(0, entry.model_hash, [str(o._node.peer_id)])]
+    finally:
+        node.stop()
