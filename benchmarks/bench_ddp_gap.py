@@ -17,7 +17,8 @@ local steps per peer. Arms:
 Options per arm (``name:key=value,...``): ``H``, ``olr`` (outer lr), ``mom`` (outer
 Nesterov momentum), ``lr`` (inner AdamW lr), ``sched`` (``constant`` or ``cosine``:
 down to lr/10 over the run's local steps), ``bs`` (per-peer batch B), ``codec``,
-``seed`` (the batch streams' seed; the start is the same for every seed).
+``seed`` (the batch streams' seed; the start is the same for every seed), ``rfb=1``
+(error feedback on the re-encoded average too: the shard owners keep its residual).
 Loss: held-out, ``--eval-batches`` fixed batches of 16. One torch thread.
 """
 
@@ -42,7 +43,7 @@ from shoal.training.model import evaluate
 
 DEFAULTS: dict[str, Any] = {
     "H": 100, "olr": 1.0, "mom": 0.0, "lr": 3e-3, "bs": 16, "codec": "int8", "sched": "constant",
-    "seed": 0,
+    "seed": 0, "rfb": 0,
 }  # fmt: skip
 PRETRAIN_SEED = 12345  # the pretraining stream differs from every arm's
 
@@ -82,7 +83,7 @@ def run_arm(
         peers, steps // o["H"], o["H"], corpus=corpus, batch_size=o["bs"], inner_lr=o["lr"],
         outer_lr=o["olr"], outer_momentum=o["mom"], outer_nesterov=o["mom"] > 0,
         codec=o["codec"], init=init, eval_batches=eval_batches, lr_schedule=o["sched"],
-        seed=o["seed"],
+        seed=o["seed"], result_feedback=bool(o["rfb"]),
     )  # fmt: skip
     return res.final_loss
 

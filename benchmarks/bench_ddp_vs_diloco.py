@@ -14,6 +14,9 @@ own data shard with the same batch size (same compute per peer):
     python benchmarks/bench_ddp_vs_diloco.py [--peers 4] [--rounds 10] [--inner-steps 30]
         [--compression int8|int4|int4z|none] [--progress-interval-s 1] [--pretrain K]
 
+``--inner-lr`` sets the AdamW lr of the swarm's nodes and of the one node alone,
+``--ddp-lr`` the baseline's (both 3e-3 by default): each arm may run at its own best lr.
+
 ``--pretrain K``: every arm (DDP, the swarm, one node alone) starts from the demo model
 trained K steps on one node, as the DiLoCo paper starts from a pretrained model.
 
@@ -57,8 +60,9 @@ def _free_port() -> int:
 
 
 def _ddp_worker(
-    rank: int, world: int, port: int, steps: int, out: str, init: str | None, seed: int
-) -> None:
+    rank: int, world: int, port: int, steps: int, out: str, init: str | None, seed: int,
+    lr: float,
+) -> None:  # fmt: skip
     torch.set_num_threads(1)
     dist.init_process_group(
         "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
@@ -68,7 +72,7 @@ def _ddp_worker(
     if init is not None:
         load_init_params(model, Path(init))
     ddp = DistributedDataParallel(model)
-    opt = torch.optim.AdamW(ddp.parameters(), lr=LR, weight_decay=0.1)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=lr, weight_decay=0.1)
     batches = corpus.batches("train", BATCH, model.cfg.block_size, seed=seed, shard=(rank, world))
     t0 = time.monotonic()
     for _ in range(steps):
@@ -93,10 +97,11 @@ def held_out(checkpoint: Path, batches: int) -> float:
 
 
 def run_ddp(
-    world: int, steps: int, eval_batches: int, init: Path | None = None, seed: int = 0
-) -> dict[str, float]:
+    world: int, steps: int, eval_batches: int, init: Path | None = None, seed: int = 0,
+    lr: float = LR,
+) -> dict[str, float]:  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        args = (world, _free_port(), steps, tmp, None if init is None else str(init), seed)
+        args = (world, _free_port(), steps, tmp, None if init is None else str(init), seed, lr)
         mp.spawn(_ddp_worker, args=args, nprocs=world, join=True)
         result: dict[str, float] = json.loads((Path(tmp) / "ddp.json").read_text())
         final = Path(tmp) / "ddp.safetensors"
@@ -119,6 +124,10 @@ def main() -> None:
         "--pretrain", type=int, default=0,
         help="start every arm from the demo model trained this many steps on one node",
     )  # fmt: skip
+    ap.add_argument(
+        "--inner-lr", type=float, default=LR, help="AdamW lr of the swarm's nodes and one node"
+    )
+    ap.add_argument("--ddp-lr", type=float, default=LR, help="AdamW lr of the DDP baseline")
     ap.add_argument("--eval-batches", type=int, default=200)
     ap.add_argument(
         "--seed", type=int, default=0,
@@ -142,12 +151,13 @@ def main() -> None:
             save_checkpoint(
                 init, Checkpoint(named, 0, None, {"pretrain_steps": str(args.pretrain)})
             )
-        ddp = run_ddp(n, steps, args.eval_batches, init, args.seed)
+        ddp = run_ddp(n, steps, args.eval_batches, init, args.seed, args.ddp_lr)
         cfg = DemoConfig(
             nodes=n, rounds=args.rounds, inner_steps=args.inner_steps, out=Path(tmp) / "demo",
             outer_lr=args.outer_lr, outer_momentum=args.outer_momentum, ledger=False,
             deadline_s=args.deadline_s, compression=args.compression,
             progress_interval_s=args.progress_interval_s, model_init=init, seed=args.seed,
+            inner_lr=args.inner_lr,
         )  # fmt: skip
         shoal = run_demo(cfg)
         node0 = json.loads((cfg.out / "node0" / "result.json").read_text())
@@ -157,7 +167,8 @@ def main() -> None:
             for i in range(n)
         ]
         single = train_single_node(
-            steps, batch_size=BATCH, lr=LR, init=start_state, eval_batches=args.eval_batches,
+            steps, batch_size=BATCH, lr=args.inner_lr, init=start_state,
+            eval_batches=args.eval_batches,
             seed=args.seed,
         ).final_loss  # fmt: skip
     ddp_bytes = int(steps * n * 2 * (n - 1) / n * 4 * numel)
@@ -188,6 +199,8 @@ def main() -> None:
         "model_hashes_equal": shoal["model_hashes_equal"],
         "outer_lr": args.outer_lr,
         "outer_momentum": args.outer_momentum,
+        "inner_lr": args.inner_lr,
+        "ddp_lr": args.ddp_lr,
         "shoal_wall_s": shoal["swarm_wall_s"],
         "ddp_wall_s": round(ddp["wall_s"], 1),
     }

@@ -104,3 +104,19 @@ def test_scheduled_lr() -> None:
     assert lrs[-1] > 3e-4 and scheduled_lr(3e-3, "cosine", 100, 100) == pytest.approx(3e-4)
     with pytest.raises(ValueError, match="lr schedule"):
         scheduled_lr(3e-3, "linear", 0, 10)  # type: ignore[arg-type]
+
+
+def test_result_feedback_changes_a_quantised_run_and_not_an_fp32_one(small_corpus: Corpus) -> None:
+    """The owners' residual only exists where the average is re-encoded: with fp32 the
+    flag must change nothing, with int4 (rounds >= 2, so a residual gets used) it must
+    change the model."""
+    kwargs: dict[str, Any] = dict(config=TINY, corpus=small_corpus, batch_size=4, eval_batches=1)
+    runs = {
+        (codec, fb): simulate_diloco_inprocess(
+            2, 3, 2, codec=codec, result_feedback=fb, **kwargs
+        ).model_hash
+        for codec in ("none", "int4")
+        for fb in (False, True)
+    }
+    assert runs["none", False] == runs["none", True]
+    assert runs["int4", False] != runs["int4", True]

@@ -132,3 +132,15 @@ def test_model_init_starts_from_a_checkpoints_params(tmp_path: Path) -> None:
         )
         with pytest.raises(ConfigError, match=match):
             cfg.build_model()
+
+
+def test_demo_settings_reach_each_nodes_run_toml(tmp_path: Path) -> None:
+    """What `shoal demo` (and the DDP benchmark) sets is what each node process loads."""
+    from shoal.training.demo import DemoConfig, node_config
+
+    demo = DemoConfig(out=tmp_path, inner_lr=2e-3, outer_lr=0.5, outer_momentum=0.9, seed=3)
+    cfg = node_config(demo, 1, ["boot"])
+    loaded = load_run_config(_write(tmp_path, dump_run_config(cfg)))
+    assert (loaded.inner_lr, loaded.outer_lr, loaded.outer_momentum, loaded.seed) == (
+        2e-3, 0.5, 0.9, 3,
+    )  # fmt: skip

@@ -50,6 +50,7 @@ class DemoConfig:
     # outer optimizer in short runs"). H=10 measured better still but needs 3x rounds.
     outer_lr: float = 1.0
     outer_momentum: float = 0.0
+    inner_lr: float = 3e-3  # every node's AdamW lr (RunConfig.inner_lr)
     ledger: bool = True  # signed feeds + a dev chain; `shoal verify` checks the result
     progress_interval_s: float = 1.0  # round progress publish/poll period (RunConfig)
     model_init: Path | None = None  # a checkpoint every node (and the baseline) starts from
@@ -65,7 +66,7 @@ def node_config(cfg: DemoConfig, i: int, bootstrap: list[str]) -> RunConfig:
         name="demo", data_dir=d, rounds=cfg.rounds, inner_steps=cfg.inner_steps,
         expected_peers=cfg.nodes, deadline_s=cfg.deadline_s, compression=cfg.compression,
         batch_size=cfg.batch_size, rank=i, world=cfg.nodes, bootstrap=bootstrap,
-        outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum,
+        outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum, inner_lr=cfg.inner_lr,
         progress_interval_s=cfg.progress_interval_s, model_init=cfg.model_init,
         progress_file=d / "progress.jsonl", result_file=d / "result.json", seed=cfg.seed,
     )  # fmt: skip

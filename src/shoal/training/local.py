@@ -193,6 +193,7 @@ def simulate_diloco_inprocess(
     overlap: OverlapMode = "off",
     init: Mapping[str, torch.Tensor] | None = None,
     lr_schedule: LrSchedule = "constant",
+    result_feedback: bool = False,
 ) -> TrainResult:
     """DiLoCo with `n_peers` replicas run one after another in this process.
 
@@ -210,6 +211,9 @@ def simulate_diloco_inprocess(
     params, dropping its own progress of r+1 until that round's average lands;
     "eager" lands the same average but keeps the peer's own r+1 progress on top of
     the new global params (the global params, and so every outer step, are the same).
+    `result_feedback`: the shard owners keep what re-encoding the average dropped and
+    add it to the next round's average before they encode it (error feedback on the
+    result as on the contributions; the owners are fixed in one group).
     """
     if n_peers < 1 or rounds < 1 or inner_steps < 1:
         raise ValueError("n_peers, rounds and inner_steps must be >= 1")
@@ -234,6 +238,7 @@ def simulate_diloco_inprocess(
     # overlap: each peer's round start (its own params), and the average still to land
     starts = [global_flat.clone() for _ in models]
     pending: torch.Tensor | None = None
+    owners = ErrorFeedback(receiver)
     for rnd in range(rounds):
         received = []
         for i, (model, opt, stream, ef) in enumerate(
@@ -267,7 +272,8 @@ def simulate_diloco_inprocess(
         if codec != "none":
             # Each shard owner re-encodes the mean it sends back. Shards sit on the
             # codec's chunk grid, so that is the whole average re-encoded at once.
-            average = receiver.decode(receiver.encode(average)).reshape(-1)
+            enc = owners.encode("average", average) if result_feedback else receiver.encode(average)
+            average = receiver.decode(enc).reshape(-1)
         if rescale_outer:
             average = _norm_matched(average, [u for u, _ in updates])
         if average_inner_state:
