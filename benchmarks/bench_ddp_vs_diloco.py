@@ -162,10 +162,12 @@ def main() -> None:
         shoal = run_demo(cfg)
         node0 = json.loads((cfg.out / "node0" / "result.json").read_text())
         swarm_loss = held_out(Path(node0["checkpoint"]), args.eval_batches)
-        local_steps = [
-            json.loads((cfg.out / f"node{i}" / "result.json").read_text())["local_steps"]
-            for i in range(n)
-        ]
+        results = [json.loads((cfg.out / f"node{i}" / "result.json").read_text()) for i in range(n)]
+        local_steps = [r["local_steps"] for r in results]
+        by_kind: dict[str, int] = {}  # where the swarm's bytes went (transport counters)
+        for r in results:
+            for kind, sent in r["bytes_sent_by_kind"].items():
+                by_kind[kind] = by_kind.get(kind, 0) + sent
         single = train_single_node(
             steps, batch_size=BATCH, lr=args.inner_lr, init=start_state,
             eval_batches=args.eval_batches,
@@ -186,6 +188,7 @@ def main() -> None:
         "shoal_local_steps": local_steps,
         "shoal_bytes": shoal["bytes_sent"],
         "shoal_averaging_bytes": shoal["averaging_bytes_sent"],
+        "shoal_bytes_by_kind": dict(sorted(by_kind.items(), key=lambda kv: -kv[1])),
         "pretrain_steps": args.pretrain,
         "seed": args.seed,
         "start_loss": start_loss,

@@ -17,7 +17,7 @@ from shoal.transport.bulk import BulkClient
 from shoal.wire.contact import Contact
 from shoal.wire.limits import BULK_CHUNK_BYTES, MAX_STREAM_BYTES
 
-from .helpers import Node, close_all, eventually, run, started
+from .helpers import Node, Ping, close_all, eventually, run, started
 
 MiB = 1024 * 1024
 
@@ -232,6 +232,32 @@ def test_cancelled_send_bulk_stops_its_thread() -> None:
         assert a.transport.bulk_stream_count == 0
         await eventually(lambda: "c" in sink.failed)
         assert sink.done == {}
+        await close_all(a, b)
+
+    run(body())
+
+
+def test_bytes_sent_by_kind_add_up_to_bytes_sent() -> None:
+    """Where a node's bytes go: each message type, the handshakes and the streams,
+    summing to exactly what the transport counted as sent, on both sides."""
+
+    async def body() -> None:
+        sink = Sink()
+        a, b = await receiver(sink)
+        await a.transport.send(b.contact, Ping(0, b"x" * 100))
+        data = os.urandom(MiB + 3)
+        await a.transport.send_bulk(b.contact, "g/0", [memoryview(data)])
+        await eventually(lambda: "g/0" in sink.done and b.pings == [0])
+        await b.transport.send(a.contact, Ping(1))
+        await eventually(lambda: a.pings == [1])
+        for t in (a.transport, b.transport):
+            kinds = t.bytes_sent_by_kind
+            assert sum(kinds.values()) == t.bytes_sent, kinds
+            assert kinds[Ping.TYPE] > 0
+        sent = a.transport.bytes_sent_by_kind
+        assert sent["handshake"] > 0  # a dialled b
+        assert len(data) <= sent["bulk"] < len(data) * 1.01  # tags and framing: < 1%
+        assert b.transport.bytes_sent_by_kind.get("bulk", 0) < 64 * 1024  # b only acks
         await close_all(a, b)
 
     run(body())

@@ -139,6 +139,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             "history": [h.__dict__ for h in opt.history],
             "bytes_sent": node.transport.bytes_sent,
             "bytes_received": node.transport.bytes_received,
+            "bytes_sent_by_kind": node.transport.bytes_sent_by_kind,
             "numel": int(opt.global_flat.numel()),
             "wall_s": round(time.monotonic() - t0, 2),
             "cpu_s": round(time.process_time() - cpu0, 2),  # all threads, training loop only

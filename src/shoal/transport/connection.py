@@ -23,7 +23,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shoal.identity.keys import PeerId
 from shoal.transport.channel import RECORD_OVERHEAD, RecordOpener, RecordSealer, RecordType
@@ -57,6 +57,13 @@ class TrafficCounters:
 
     bytes_sent: int = 0
     bytes_received: int = 0
+    # bytes_sent split by what carried them: each message type's name (its record
+    # included), "handshake" for message connections', "bulk" for streams (their
+    # handshakes included); the values always sum to bytes_sent
+    sent_by_kind: dict[str, int] = field(default_factory=dict)
+
+    def count_sent(self, kind: str, n: int) -> None:
+        self.sent_by_kind[kind] = self.sent_by_kind.get(kind, 0) + n
 
 
 def describe(exc: BaseException) -> str:
@@ -88,6 +95,7 @@ async def run_handshake(
     if first:
         await loop.sock_sendall(sock, first)
         counters.bytes_sent += len(first)
+        counters.count_sent("handshake", len(first))
     while machine.result is None:
         data = await loop.sock_recv(sock, 4096)
         if not data:
@@ -99,6 +107,7 @@ async def run_handshake(
         if out:
             await loop.sock_sendall(sock, out)
             counters.bytes_sent += len(out)
+            counters.count_sent("handshake", len(out))
     return machine.result
 
 
@@ -221,8 +230,9 @@ class Connection:
             if self._closing:
                 return
 
-    async def send(self, payload: bytes) -> None:
-        """Seal and write one encoded message, with back-pressure."""
+    async def send(self, payload: bytes, kind: str = "message") -> None:
+        """Seal and write one encoded message, with back-pressure; ``kind`` (its
+        type) is what its bytes count under in ``TrafficCounters.sent_by_kind``."""
         self._sending += 1
         try:
             record_len = len(payload) + RECORD_OVERHEAD
@@ -238,6 +248,7 @@ class Connection:
             record = self._sealer.seal(RecordType.MESSAGE, payload)
             self._writer.write(record)
             self._counters.bytes_sent += len(record)
+            self._counters.count_sent(kind, len(record))
             self.last_used = time.monotonic()
             await self._drain()
         except ChannelError as exc:  # our own key ran out: close, caller redials

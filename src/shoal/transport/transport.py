@@ -165,6 +165,12 @@ class Transport:
         return self._counters.bytes_received
 
     @property
+    def bytes_sent_by_kind(self) -> dict[str, int]:
+        """``bytes_sent`` by message type, "handshake" and "bulk" (streams); the
+        values sum to ``bytes_sent``."""
+        return dict(self._counters.sent_by_kind)
+
+    @property
     def connection_count(self) -> int:
         """Established message connections (inbound and outbound)."""
         return len(self._conns)
@@ -265,12 +271,12 @@ class Transport:
         conn = self._by_peer.get(to.peer_id)
         if conn is not None and not conn.closed:
             try:
-                await conn.send(payload)
+                await conn.send(payload, msg.TYPE)
                 return
             except ConnectionGone:  # closed under us before the write: redial once
                 pass
         conn = await self._connect(to)
-        await conn.send(payload)
+        await conn.send(payload, msg.TYPE)
 
     async def _connect(self, to: Contact) -> Connection:
         task = self._dials.get(to.peer_id)
@@ -483,6 +489,7 @@ class Transport:
                 self._bulk_clients.discard(client)
                 sent, received = client.take_counts()
                 self._counters.bytes_sent += sent
+                self._counters.count_sent("bulk", sent)
                 self._counters.bytes_received += received
                 if keep and not self._closed:
                     self._keep_bulk(to, client)
@@ -638,6 +645,7 @@ class Transport:
                 await asyncio.wait([fut])
                 raise
             self._counters.bytes_sent += sent
+            self._counters.count_sent("bulk", sent)
         except (BulkStreamError, ProtocolViolation, ChannelError, TimeoutError, OSError) as exc:
             reason = (
                 "bulk header not received in time"
