@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import msgpack
 import pytest
@@ -44,6 +45,29 @@ def _start_three(tmp_path: Path, nodes: list[NodeThread]) -> None:
         boot = [str(nodes[0].node.contact)] if nodes and nodes[0].node else []
         nodes.append(shoal.start_node(tmp_path / name, run="conv", target_samples=10**6,
                                       bootstrap=boot))  # fmt: skip
+
+
+T = TypeVar("T")
+
+
+def _while_others_finish_round_0(others: Sequence[DiLoCo], call: Callable[[], T]) -> T:
+    """Run ``call`` while ``others`` finish round 0 on one new state a second later
+    (their group's all-reduce ends after the solo peer's) and publish its head."""
+
+    def finish() -> None:
+        time.sleep(1.0)
+        for o in others:
+            o.global_flat.add_(0.5)
+            unflatten_into(o.global_flat, o.params)
+            o.round = 1
+            o.node_thread.call(o._server.publish(o._snapshot()))
+
+    t = threading.Thread(target=finish)
+    t.start()
+    try:
+        return call()
+    finally:
+        t.join(30)
 
 
 @pytest.mark.slow
@@ -124,20 +148,7 @@ def test_after_a_solo_round_the_vote_waits_for_the_round_and_adopts(tmp_path: Pa
         b.history.append(RoundLog(1, own, 1, 10, 0, 0))
         assert b._catch_up() is False  # the others' round-1 heads are not out yet
 
-        def others_finish_round_0() -> None:  # their group's all-reduce ends a bit later
-            time.sleep(1.0)
-            for o in (a, c):
-                o.global_flat.add_(0.5)
-                unflatten_into(o.global_flat, o.params)
-                o.round = 1
-                o.node_thread.call(o._server.publish(o._snapshot()))
-
-        t = threading.Thread(target=others_finish_round_0)
-        t.start()
-        try:
-            assert b._catch_up(after_solo=True) is True
-        finally:
-            t.join(30)
+        assert _while_others_finish_round_0((a, c), lambda: b._catch_up(after_solo=True))
         assert torch.equal(b.global_flat, a.global_flat) and b.round == 1
         assert b.history[-1].model_hash == own  # what b computed stays on record
         assert b.history[-1].adopted_hash == model_hash(a._named_params())
@@ -178,8 +189,8 @@ def _solo_round(o: DiLoCo, anchors: _Anchors) -> None:
 def test_a_solo_round_is_anchored_only_if_the_vote_keeps_it(tmp_path: Path) -> None:
     """The contract takes one anchor a round, first come, and a solo fallback finishes
     first (no exchange). Outvoted, the solo peer anchors nothing, so the chain holds
-    the model the swarm goes on from; a lone swarm's solo round is its round and is
-    anchored (the chaos suite saw a last-round solo anchor no peer ended on)."""
+    the model the swarm goes on from (the chaos suite saw a last-round solo anchor no
+    peer ended on)."""
     nodes: list[NodeThread] = []
     try:
         _start_three(tmp_path, nodes)
@@ -192,20 +203,7 @@ def test_a_solo_round_is_anchored_only_if_the_vote_keeps_it(tmp_path: Path) -> N
         b.global_flat.add_(1.0)  # b's inner steps went elsewhere than the others'
         unflatten_into(b.global_flat, b.params)
 
-        def others_finish_round_0() -> None:
-            time.sleep(1.0)
-            for o in (a, c):
-                o.global_flat.add_(0.5)
-                unflatten_into(o.global_flat, o.params)
-                o.round = 1
-                o.node_thread.call(o._server.publish(o._snapshot()))
-
-        t = threading.Thread(target=others_finish_round_0)
-        t.start()
-        try:
-            entry = b._sync()
-        finally:
-            t.join(30)
+        entry = _while_others_finish_round_0((a, c), b._sync)
         assert entry.adopted_hash == model_hash(a._named_params()) != entry.model_hash
         assert anchors.anchored == []  # outvoted: a's group anchors round 0
     finally:
@@ -215,6 +213,7 @@ def test_a_solo_round_is_anchored_only_if_the_vote_keeps_it(tmp_path: Path) -> N
 
 @pytest.mark.slow
 def test_a_lone_swarms_solo_round_is_anchored(tmp_path: Path) -> None:
+    """With nobody to outvote it, a solo round is the round: anchored, self-credited."""
     node = shoal.start_node(tmp_path / "a", run="conv", target_samples=10**6)
     try:
         o = _opt(node)

@@ -50,7 +50,7 @@ class DemoConfig:
     # outer optimizer in short runs"). H=10 measured better still but needs 3x rounds.
     outer_lr: float = 1.0
     outer_momentum: float = 0.0
-    inner_lr: float = 3e-3  # every node's AdamW lr (RunConfig.inner_lr)
+    inner_lr: float = RunConfig.inner_lr  # every node's AdamW lr
     ledger: bool = True  # signed feeds + a dev chain; `shoal verify` checks the result
     progress_interval_s: float = 1.0  # round progress publish/poll period (RunConfig)
     model_init: Path | None = None  # a checkpoint every node (and the baseline) starts from
