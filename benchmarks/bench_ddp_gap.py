@@ -18,7 +18,10 @@ Options per arm (``name:key=value,...``): ``H``, ``olr`` (outer lr), ``mom`` (ou
 Nesterov momentum), ``lr`` (inner AdamW lr), ``sched`` (``constant`` or ``cosine``:
 down to lr/10 over the run's local steps), ``bs`` (per-peer batch B), ``codec``,
 ``seed`` (the batch streams' seed; the start is the same for every seed), ``rfb=1``
-(error feedback on the re-encoded average too: the shard owners keep its residual).
+(error feedback on the re-encoded average too: the shard owners keep its residual),
+``wd`` (AdamW weight decay, 0.1), ``read`` (``iterate``: the loss of the outer
+optimizer's readout, what the nodes hand out; ``lookahead``: of the params the peers
+train from, what this read before 2026-12-02; the same without Nesterov momentum).
 Loss: held-out, ``--eval-batches`` fixed batches of 16. One torch thread.
 """
 
@@ -43,7 +46,7 @@ from shoal.training.model import evaluate
 
 DEFAULTS: dict[str, Any] = {
     "H": 100, "olr": 1.0, "mom": 0.0, "lr": 3e-3, "bs": 16, "codec": "int8", "sched": "constant",
-    "seed": 0, "rfb": 0,
+    "seed": 0, "rfb": 0, "read": "iterate", "wd": 0.1,
 }  # fmt: skip
 PRETRAIN_SEED = 12345  # the pretraining stream differs from every arm's
 
@@ -58,6 +61,8 @@ def parse_arm(spec: str) -> tuple[str, dict[str, Any]]:
         if key not in DEFAULTS:
             raise SystemExit(f"unknown option {key!r} in {spec!r}")
         opts[key] = type(DEFAULTS[key])(value)
+    if opts["read"] not in ("iterate", "lookahead"):
+        raise SystemExit(f"read must be 'iterate' or 'lookahead' in {spec!r}")
     return kind, opts
 
 
@@ -77,15 +82,17 @@ def run_arm(
         res = train_single_node(
             steps, corpus=corpus, batch_size=bs, lr=o["lr"], init=init,
             eval_batches=eval_batches, lr_schedule=o["sched"], seed=o["seed"],
+            weight_decay=o["wd"],
         )  # fmt: skip
         return res.final_loss
     res = simulate_diloco_inprocess(
         peers, steps // o["H"], o["H"], corpus=corpus, batch_size=o["bs"], inner_lr=o["lr"],
         outer_lr=o["olr"], outer_momentum=o["mom"], outer_nesterov=o["mom"] > 0,
         codec=o["codec"], init=init, eval_batches=eval_batches, lr_schedule=o["sched"],
-        seed=o["seed"], result_feedback=bool(o["rfb"]),
+        seed=o["seed"], result_feedback=bool(o["rfb"]), inner_weight_decay=o["wd"],
     )  # fmt: skip
-    return res.final_loss
+    assert res.readout_loss is not None
+    return res.readout_loss if o["read"] == "iterate" else res.final_loss
 
 
 def main() -> None:

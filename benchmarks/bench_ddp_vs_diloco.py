@@ -16,9 +16,14 @@ own data shard with the same batch size (same compute per peer):
 
 ``--inner-lr`` sets the AdamW lr of the swarm's nodes and of the one node alone,
 ``--ddp-lr`` the baseline's (both 3e-3 by default): each arm may run at its own best lr.
+``--inner-wd`` and ``--ddp-wd`` do the same for AdamW's weight decay (both 0.1).
 
 ``--pretrain K``: every arm (DDP, the swarm, one node alone) starts from the demo model
 trained K steps on one node, as the DiLoCo paper starts from a pretrained model.
+
+The swarm's model is the run's readout (`DiLoCo.save_model`: with Nesterov, the outer
+iterate rather than the look-ahead params the peers train from); ``shoal_state_loss`` is
+the look-ahead state's loss, read the same way.
 
 Loss: every arm's final model on the same ``--eval-batches`` held-out batches of 16
 (default 200: evenly spaced windows that cover the whole 230 KB held-out split), and,
@@ -51,6 +56,7 @@ from shoal.training.run_config import load_init_params
 
 BATCH = 16
 LR = 3e-3
+WD = 0.1  # AdamW weight decay, every arm by default (RunConfig.inner_weight_decay)
 
 
 def _free_port() -> int:
@@ -61,7 +67,7 @@ def _free_port() -> int:
 
 def _ddp_worker(
     rank: int, world: int, port: int, steps: int, out: str, init: str | None, seed: int,
-    lr: float,
+    lr: float, wd: float,
 ) -> None:  # fmt: skip
     torch.set_num_threads(1)
     dist.init_process_group(
@@ -72,7 +78,7 @@ def _ddp_worker(
     if init is not None:
         load_init_params(model, Path(init))
     ddp = DistributedDataParallel(model)
-    opt = torch.optim.AdamW(ddp.parameters(), lr=lr, weight_decay=0.1)
+    opt = torch.optim.AdamW(ddp.parameters(), lr=lr, weight_decay=wd)
     batches = corpus.batches("train", BATCH, model.cfg.block_size, seed=seed, shard=(rank, world))
     t0 = time.monotonic()
     for _ in range(steps):
@@ -98,10 +104,11 @@ def held_out(checkpoint: Path, batches: int) -> float:
 
 def run_ddp(
     world: int, steps: int, eval_batches: int, init: Path | None = None, seed: int = 0,
-    lr: float = LR,
+    lr: float = LR, wd: float = WD,
 ) -> dict[str, float]:  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        args = (world, _free_port(), steps, tmp, None if init is None else str(init), seed, lr)
+        init_s = None if init is None else str(init)
+        args = (world, _free_port(), steps, tmp, init_s, seed, lr, wd)
         mp.spawn(_ddp_worker, args=args, nprocs=world, join=True)
         result: dict[str, float] = json.loads((Path(tmp) / "ddp.json").read_text())
         final = Path(tmp) / "ddp.safetensors"
@@ -128,6 +135,10 @@ def main() -> None:
         "--inner-lr", type=float, default=LR, help="AdamW lr of the swarm's nodes and one node"
     )
     ap.add_argument("--ddp-lr", type=float, default=LR, help="AdamW lr of the DDP baseline")
+    ap.add_argument(
+        "--inner-wd", type=float, default=WD, help="AdamW weight decay of the nodes and one node"
+    )
+    ap.add_argument("--ddp-wd", type=float, default=WD, help="AdamW weight decay of DDP")
     ap.add_argument("--eval-batches", type=int, default=200)
     ap.add_argument(
         "--seed", type=int, default=0,
@@ -151,17 +162,19 @@ def main() -> None:
             save_checkpoint(
                 init, Checkpoint(named, 0, None, {"pretrain_steps": str(args.pretrain)})
             )
-        ddp = run_ddp(n, steps, args.eval_batches, init, args.seed, args.ddp_lr)
+        ddp = run_ddp(n, steps, args.eval_batches, init, args.seed, args.ddp_lr, args.ddp_wd)
         cfg = DemoConfig(
             nodes=n, rounds=args.rounds, inner_steps=args.inner_steps, out=Path(tmp) / "demo",
             outer_lr=args.outer_lr, outer_momentum=args.outer_momentum, ledger=False,
             deadline_s=args.deadline_s, compression=args.compression,
             progress_interval_s=args.progress_interval_s, model_init=init, seed=args.seed,
-            inner_lr=args.inner_lr,
+            inner_lr=args.inner_lr, inner_weight_decay=args.inner_wd,
         )  # fmt: skip
         shoal = run_demo(cfg)
         node0 = json.loads((cfg.out / "node0" / "result.json").read_text())
-        swarm_loss = held_out(Path(node0["checkpoint"]), args.eval_batches)
+        # the run's model (the outer iterate); the look-ahead state beside it
+        swarm_loss = held_out(Path(node0["model"]), args.eval_batches)
+        state_loss = held_out(Path(node0["checkpoint"]), args.eval_batches)
         results = [json.loads((cfg.out / f"node{i}" / "result.json").read_text()) for i in range(n)]
         local_steps = [r["local_steps"] for r in results]
         by_kind: dict[str, int] = {}  # where the swarm's bytes went (transport counters)
@@ -169,7 +182,7 @@ def main() -> None:
             for kind, sent in r["bytes_sent_by_kind"].items():
                 by_kind[kind] = by_kind.get(kind, 0) + sent
         single = train_single_node(
-            steps, batch_size=BATCH, lr=args.inner_lr, init=start_state,
+            steps, batch_size=BATCH, lr=args.inner_lr, init=start_state, weight_decay=args.inner_wd,
             eval_batches=args.eval_batches,
             seed=args.seed,
         ).final_loss  # fmt: skip
@@ -185,6 +198,7 @@ def main() -> None:
         "ddp_bytes": ddp_bytes,
         "shoal_loss": round(swarm_loss, 4),
         "shoal_loss_8": shoal["swarm_loss"],
+        "shoal_state_loss": round(state_loss, 4),
         "shoal_local_steps": local_steps,
         "shoal_bytes": shoal["bytes_sent"],
         "shoal_averaging_bytes": shoal["averaging_bytes_sent"],
@@ -204,6 +218,8 @@ def main() -> None:
         "outer_momentum": args.outer_momentum,
         "inner_lr": args.inner_lr,
         "ddp_lr": args.ddp_lr,
+        "inner_wd": args.inner_wd,
+        "ddp_wd": args.ddp_wd,
         "shoal_wall_s": shoal["swarm_wall_s"],
         "ddp_wall_s": round(ddp["wall_s"], 1),
     }

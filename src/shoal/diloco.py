@@ -636,6 +636,28 @@ class DiLoCo:
         finally:
             unflatten_into(own, self.params)
 
+    def readout(self) -> dict[str, torch.Tensor]:
+        """The model to use, by name: the outer optimizer's iterate at the global params
+        (`OuterOptimizer.readout`), not the look-ahead point the peers train from. Every
+        peer that shares the global state gets the same tensors. Training is unchanged:
+        call it after the last round (and `flush` with overlap), to evaluate or export."""
+        flat = self.outer.readout(self.global_flat)
+        out: dict[str, torch.Tensor] = {}
+        offset = 0
+        for name, p in self.model.named_parameters():
+            if p.requires_grad:
+                out[name] = flat[offset : offset + p.numel()].view_as(p).clone()
+                offset += p.numel()
+        return out
+
+    def save_model(self, path: str | Path) -> str:
+        """Write `readout` as safetensors (params only, no optimizer state): the file to
+        evaluate or serve, where `save_checkpoint` writes the state to resume from.
+        Returns its model hash."""
+        return save_checkpoint(
+            path, Checkpoint(self.readout(), self.round, None, {"run": self.run, "kind": "readout"})
+        )
+
     def _named_params(self) -> dict[str, torch.Tensor]:
         """The global params by name: what checkpoints store and model hashes cover."""
         return {n: p.detach() for n, p in self.model.named_parameters() if p.requires_grad}

@@ -69,6 +69,20 @@ def test_two_peers_in_one_process_end_rounds_identical(tmp_path: Path) -> None:
             with pytest.raises(CheckpointError):
                 load_checkpoint(path)
 
+            # the model to use: the outer (Nesterov) iterate, the same on both peers
+            ra, rb = oa.readout(), ob.readout()
+            assert list(ra) == [n for n, _ in ma.named_parameters()]
+            assert all(torch.equal(ra[k], rb[k]) for k in ra)
+            flat = torch.cat([t.reshape(-1) for t in ra.values()])
+            assert oa.outer.momentum_buffer is not None
+            assert not torch.equal(flat, oa.global_flat)  # not the look-ahead params
+            assert torch.allclose(flat, oa.global_flat + 0.7 * 0.9 * oa.outer.momentum_buffer)
+            mh = oa.save_model(tmp_path / "model.safetensors")
+            assert mh == ob.save_model(tmp_path / "model_b.safetensors") != h
+            saved = load_checkpoint(tmp_path / "model.safetensors", expected_model_hash=mh)
+            assert saved.momentum is None
+            assert torch.equal(saved.params["lin.weight"], ra["lin.weight"])
+
             state = oa.state_dict()
             oa.global_flat.zero_()
             oa.load_state_dict(state)

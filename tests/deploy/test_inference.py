@@ -59,6 +59,22 @@ def test_newest_verified_wins_and_corrupt_files_are_skipped(tmp_path: Path) -> N
     assert (path.name, ckpt.round, ckpt.model_hash) == ("round3.safetensors", 3, h3)
 
 
+def test_a_rounds_readout_is_served_before_its_state(tmp_path: Path) -> None:
+    params = {n: p.detach() for n, p in _model(2).named_parameters()}
+    h = save_checkpoint(tmp_path / "model-round4.safetensors",
+                        Checkpoint(params, 4, None, {"kind": "readout"}))  # fmt: skip
+    _save(tmp_path / "round4.safetensors", _model(4), 4)  # sorts after it by name
+    _save(tmp_path / "round3.safetensors", _model(3), 3)
+    found = latest_verified(tmp_path)
+    assert found is not None and (found[0].name, found[1].model_hash) == (
+        "model-round4.safetensors",
+        h,
+    )
+    _flip_byte(tmp_path / "model-round4.safetensors")  # a corrupt readout: the state
+    found = latest_verified(tmp_path)
+    assert found is not None and found[0].name == "round4.safetensors"
+
+
 def test_server_swaps_only_to_newer_verified_models(tmp_path: Path) -> None:
     server = ModelServer(tmp_path, lambda: _model(0))
     assert server.refresh() is False and server.served is None

@@ -44,7 +44,7 @@ def test_four_nodes_identical_model_every_round(tmp_path: Path) -> None:
 def test_swarm_computes_the_inprocess_reference(tmp_path: Path) -> None:
     """The in-process DiLoCo (which the loss studies in docs/BENCHMARKS.md use) is the
     nodes' math: same shards, int4 codec, error feedback, the owners' re-encode on the
-    chunk grid and the Nesterov step. Only the fp32 summation order differs, so the
+    chunk grid, the Nesterov step and its readout. Only the fp32 summation order differs, so the
     losses agree closely when every peer did the same steps in every round. The nodes
     send int4z: int4 entropy-coded on the wire, which must train int4's model."""
     demo = DemoConfig(
@@ -67,7 +67,9 @@ def test_swarm_computes_the_inprocess_reference(tmp_path: Path) -> None:
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
-    assert abs(res["swarm_loss"] - ref.final_loss) < 5e-4, (res["swarm_loss"], ref.final_loss)
+    # the demo reads the run's model: the outer iterate, not the look-ahead params
+    assert ref.readout_loss is not None and abs(ref.readout_loss - ref.final_loss) > 1e-3
+    assert abs(res["swarm_loss"] - ref.readout_loss) < 5e-4, (res["swarm_loss"], ref.readout_loss)
     assert ref.final_loss < ref.initial_loss
 
 

@@ -113,6 +113,39 @@ def test_outer_optimizer_matches_torch_sgd(nesterov: bool) -> None:
     assert torch.allclose(outer.momentum_buffer, buf, rtol=1e-5, atol=1e-5)
 
 
+def test_readout_is_the_heavy_ball_iterate_of_nesterov() -> None:
+    """torch's Nesterov params p are the look-ahead x - lr*m*buf of a heavy-ball
+    iterate x (x <- x - lr*buf); readout(p) must give x back, step after step."""
+    gen = torch.Generator().manual_seed(3)
+    p = torch.randn(500, generator=gen)
+    x = p.double()  # the heavy-ball recurrence, in float64, from the same start
+    outer = OuterOptimizer(lr=0.5, momentum=0.9, nesterov=True)
+    assert torch.equal(outer.readout(p), p)  # before any step: no momentum yet
+    for _ in range(8):
+        g = torch.randn(500, generator=gen)
+        outer.step(p, g)
+        assert outer.momentum_buffer is not None
+        x = x - 0.5 * outer.momentum_buffer.double()
+        assert torch.allclose(outer.readout(p).double(), x, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outer.readout(p), p)  # the look-ahead is elsewhere
+    before = p.clone()
+    outer.readout(p)
+    assert torch.equal(p, before)  # reading out changes nothing
+    assert torch.equal(outer.readout(p), outer.readout(p.clone()))  # deterministic
+
+
+def test_readout_without_nesterov_is_the_params_and_checks_shapes() -> None:
+    for outer in (OuterOptimizer(momentum=0.9, nesterov=False), OuterOptimizer(momentum=0.0)):
+        p = torch.zeros(4)
+        outer.step(p, torch.ones(4))
+        r = outer.readout(p)
+        assert torch.equal(r, p) and r.data_ptr() != p.data_ptr()  # a copy
+    outer = OuterOptimizer()
+    outer.step(torch.zeros(4), torch.ones(4))
+    with pytest.raises(WrongShapeError):
+        outer.readout(torch.zeros(5))
+
+
 def test_outer_optimizer_state_round_trips() -> None:
     a, b = OuterOptimizer(), OuterOptimizer(lr=0.1)
     p = torch.zeros(5)

@@ -76,6 +76,9 @@ def test_good_config_round_trips_and_builds_the_model(tmp_path: Path) -> None:
         (("rounds = 2", "rounds = 2\nprogress_interval_s = true"), "progress_interval_s"),
         (("rounds = 2", "rounds = 2\nprogress_interval_s = inf"), "progress_interval_s"),
         (("rounds = 2", 'rounds = 2\nprogress_interval_s = "5"'), "progress_interval_s"),
+        (("[node]", "[optim]\ninner_weight_decay = -0.1\n[node]"), "inner_weight_decay"),
+        (("[node]", "[optim]\ninner_weight_decay = nan\n[node]"), "inner_weight_decay"),
+        (("[node]", '[optim]\ninner_weight_decay = "0"\n[node]'), "inner_weight_decay"),
     ],
 )
 def test_bad_configs_get_clear_errors(tmp_path: Path, edit: tuple[str, str], message: str) -> None:
@@ -138,9 +141,11 @@ def test_demo_settings_reach_each_nodes_run_toml(tmp_path: Path) -> None:
     """What `shoal demo` (and the DDP benchmark) sets is what each node process loads."""
     from shoal.training.demo import DemoConfig, node_config
 
-    demo = DemoConfig(out=tmp_path, inner_lr=2e-3, outer_lr=0.5, outer_momentum=0.9, seed=3)
+    demo = DemoConfig(out=tmp_path, inner_lr=2e-3, outer_lr=0.5, outer_momentum=0.9, seed=3,
+                      inner_weight_decay=0.02)  # fmt: skip
     cfg = node_config(demo, 1, ["boot"])
     loaded = load_run_config(_write(tmp_path, dump_run_config(cfg)))
     assert (loaded.inner_lr, loaded.outer_lr, loaded.outer_momentum, loaded.seed) == (
         2e-3, 0.5, 0.9, 3,
     )  # fmt: skip
+    assert loaded.inner_weight_decay == 0.02

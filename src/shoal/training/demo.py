@@ -51,6 +51,7 @@ class DemoConfig:
     outer_lr: float = 1.0
     outer_momentum: float = 0.0
     inner_lr: float = RunConfig.inner_lr  # every node's AdamW lr
+    inner_weight_decay: float = RunConfig.inner_weight_decay  # ...and its weight decay
     ledger: bool = True  # signed feeds + a dev chain; `shoal verify` checks the result
     progress_interval_s: float = 1.0  # round progress publish/poll period (RunConfig)
     model_init: Path | None = None  # a checkpoint every node (and the baseline) starts from
@@ -67,7 +68,8 @@ def node_config(cfg: DemoConfig, i: int, bootstrap: list[str]) -> RunConfig:
         expected_peers=cfg.nodes, deadline_s=cfg.deadline_s, compression=cfg.compression,
         batch_size=cfg.batch_size, rank=i, world=cfg.nodes, bootstrap=bootstrap,
         outer_lr=cfg.outer_lr, outer_momentum=cfg.outer_momentum, inner_lr=cfg.inner_lr,
-        progress_interval_s=cfg.progress_interval_s, model_init=cfg.model_init,
+        inner_weight_decay=cfg.inner_weight_decay, progress_interval_s=cfg.progress_interval_s,
+        model_init=cfg.model_init,
         progress_file=d / "progress.jsonl", result_file=d / "result.json", seed=cfg.seed,
     )  # fmt: skip
 
@@ -189,16 +191,25 @@ def summarize(
     hashes_equal = (
         all(len(v) == 1 for v in by_round.values())
         and len({r["final_model_hash"] for r in results}) == 1
+        and len({r["model_hash"] for r in results}) == 1
     )
     corpus = load_corpus(c0)
-    ckpt = load_checkpoint(results[0]["checkpoint"])
+    # the run's model: the outer optimizer's readout (the training state itself when
+    # the outer step has no Nesterov momentum, as in the demo's default)
+    ckpt = load_checkpoint(results[0]["model"])
     model = GPT(GPTConfig())
     model.load_state_dict({k: v for k, v in ckpt.params.items()}, strict=False)
     swarm_loss = evaluate(model, corpus)
     steps = max(r["local_steps"] for r in results)
     init = c0.build_model().state_dict() if c0.model_init is not None else None
     single = train_single_node(
-        steps, corpus=corpus, batch_size=cfg.batch_size, lr=c0.inner_lr, seed=c0.seed, init=init
+        steps,
+        corpus=corpus,
+        batch_size=cfg.batch_size,
+        lr=c0.inner_lr,
+        seed=c0.seed,
+        init=init,
+        weight_decay=c0.inner_weight_decay,
     )
     numel = int(results[0]["numel"])
     n = len(results)
@@ -223,5 +234,6 @@ def summarize(
         "params": numel,
         "swarm_wall_s": round(swarm_s, 1),
         "checkpoint": results[0]["checkpoint"],
+        "model": results[0]["model"],
         "out": str(cfg.out),
     }

@@ -171,6 +171,25 @@ class OuterOptimizer:
         params.sub_(direction.mul_(lr))
         self.steps += 1
 
+    @torch.no_grad()
+    def readout(self, params: torch.Tensor) -> torch.Tensor:
+        """The model to use at this point (evaluate, export, serve): Nesterov's iterate.
+
+        In this (torch's) form of Nesterov, ``params`` is the look-ahead point where the
+        next pseudo-gradient is taken: p = x - lr * momentum * buf, where x follows
+        heavy-ball momentum (x <- x - lr * buf). The look-ahead is there to train from;
+        x is the iterate. Read out after the last round, x held out 0.9% lower than p
+        (docs/BENCHMARKS.md, "The model a run ends with"). Peers that share ``params``
+        and ``buf`` compute the same bits. Without Nesterov momentum it is ``params``.
+        """
+        buf = self.momentum_buffer
+        if not self.nesterov or self.momentum == 0 or buf is None:
+            return params.clone()
+        if buf.shape != params.shape:
+            raise WrongShapeError(f"params {tuple(params.shape)}, momentum {tuple(buf.shape)}")
+        step = torch.tensor(self.lr * self.momentum, dtype=torch.float32)
+        return params.add(buf.mul(step))
+
     def state_dict(self) -> dict[str, Any]:
         return {
             "lr": self.lr,

@@ -57,23 +57,27 @@ class Served:
     model: torch.nn.Module
 
 
-def _claimed_round(path: Path) -> int:
-    """The round a checkpoint's metadata claims (cheap: reads the header only)."""
+def _claim(path: Path) -> tuple[int, bool]:
+    """The round a checkpoint's metadata claims, and whether it is a run's readout
+    (`DiLoCo.save_model`: the model to use, where a state checkpoint holds the
+    look-ahead params). Cheap: reads the header only; the file is verified later."""
     try:
         with safe_open(str(path), framework="pt") as f:
-            return int((f.metadata() or {}).get("round", -1))
+            meta = f.metadata() or {}
+            return int(meta.get("round", -1)), meta.get("extra.kind") == "readout"
     except (SafetensorError, OSError, ValueError, UnicodeDecodeError):
-        return -1
+        return -1, False
 
 
 def latest_verified(directory: Path) -> tuple[Path, Checkpoint] | None:
-    """The highest-round checkpoint in ``directory`` that verifies, or None."""
+    """The highest-round checkpoint in ``directory`` that verifies, or None; of one
+    round, a readout before the state it was read out of."""
     try:
         files = [p for p in directory.iterdir() if p.name.endswith(CHECKPOINT_SUFFIX)]
     except OSError as exc:
         log.warning("cannot list %s: %s", directory, exc)
         return None
-    for path in sorted(files, key=lambda p: (_claimed_round(p), p.name), reverse=True):
+    for path in sorted(files, key=lambda p: (*_claim(p), p.name), reverse=True):
         try:
             return path, load_checkpoint(path)
         except CheckpointError as exc:

@@ -41,6 +41,9 @@ class TrainResult:
     bytes_sent: int = 0  # per peer, all rounds (DiLoCo only)
     bytes_fp32: int = 0  # what bytes_sent would be uncompressed
     model: GPT | None = None  # the trained model (single node only)
+    # DiLoCo only: the loss of the outer optimizer's readout (its iterate, not the
+    # look-ahead params the peers train from), what a run hands its users
+    readout_loss: float | None = None
 
 
 # "striped": what real nodes do (`Corpus.batches(shard=(rank, world))`: interleaved
@@ -54,8 +57,8 @@ OverlapMode = Literal["off", "delayed", "eager"]
 MAX_RESCALE_FACTOR_PER_SQRT_PEER = 1.0
 
 
-def _inner_optimizer(model: GPT, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.1)
+def _inner_optimizer(model: GPT, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
 
 
 LrSchedule = Literal["constant", "cosine"]
@@ -131,6 +134,7 @@ def train_single_node(
     init: Mapping[str, torch.Tensor] | None = None,
     lr_schedule: LrSchedule = "constant",
     stream_seed: int | None = None,
+    weight_decay: float = 0.1,
 ) -> TrainResult:
     """Plain AdamW for `steps` steps on the whole training split: the baseline.
     ``init``: a state dict to start from instead of the seed's fresh model;
@@ -140,7 +144,7 @@ def train_single_node(
     model = GPT(config, seed=seed)
     if init is not None:
         model.load_state_dict(init)
-    opt = _inner_optimizer(model, lr)
+    opt = _inner_optimizer(model, lr, weight_decay)
     stream = seed if stream_seed is None else stream_seed
     batches = corpus.batches("train", batch_size, config.block_size, seed=stream)
     initial = evaluate(model, corpus, eval_batches)
@@ -194,6 +198,7 @@ def simulate_diloco_inprocess(
     init: Mapping[str, torch.Tensor] | None = None,
     lr_schedule: LrSchedule = "constant",
     result_feedback: bool = False,
+    inner_weight_decay: float = 0.1,
 ) -> TrainResult:
     """DiLoCo with `n_peers` replicas run one after another in this process.
 
@@ -226,7 +231,7 @@ def simulate_diloco_inprocess(
     global_flat = flatten_params(models[0].parameters())
     numel = global_flat.numel()
     outer = OuterOptimizer(lr=outer_lr, momentum=outer_momentum, nesterov=outer_nesterov)
-    inner_opts = [_inner_optimizer(m, inner_lr) for m in models]
+    inner_opts = [_inner_optimizer(m, inner_lr, inner_weight_decay) for m in models]
     feedback = [ErrorFeedback(get_codec(codec)) for _ in range(n_peers)]
     streams = [
         _peer_stream(corpus, batch_size, config.block_size, seed, r, n_peers, shard_mode)
@@ -292,6 +297,12 @@ def simulate_diloco_inprocess(
         )
     result.final_loss = result.history[-1][1]
     result.model_hash = model_hash(global_flat)
+    readout = outer.readout(global_flat)
+    result.readout_loss = (
+        result.final_loss
+        if torch.equal(readout, global_flat)
+        else _evaluate_global(models[0], readout, corpus, eval_batches)
+    )
     return result
 
 

@@ -29,6 +29,7 @@ world = 1
 
 [optim]
 inner_lr = 0.003
+inner_weight_decay = 0.1 # the inner AdamW's (decoupled) weight decay
 outer_lr = 0.7
 outer_momentum = 0.9
 
@@ -99,6 +100,9 @@ class RunConfig:
     rank: int = 0
     world: int = 1
     inner_lr: float = 3e-3
+    # The outer momentum repeats the decay's pull every round, so rounds of many local
+    # steps measured better with less than per-step AdamW's 0.1 (docs/BENCHMARKS.md).
+    inner_weight_decay: float = 0.1
     outer_lr: float = 0.7
     outer_momentum: float = 0.9
     listen: str = "127.0.0.1:0"
@@ -193,7 +197,10 @@ _SECTIONS: dict[str, dict[str, str]] = {
         "path": "data_path", "batch_size": "batch_size", "block_size": "block_size",
         "rank": "rank", "world": "world",
     },
-    "optim": {"inner_lr": "inner_lr", "outer_lr": "outer_lr", "outer_momentum": "outer_momentum"},
+    "optim": {
+        "inner_lr": "inner_lr", "inner_weight_decay": "inner_weight_decay",
+        "outer_lr": "outer_lr", "outer_momentum": "outer_momentum",
+    },
     "node": {"data_dir": "data_dir", "listen": "listen", "bootstrap": "bootstrap"},
     "output": {"progress_file": "progress_file", "result_file": "result_file"},
     "privacy": {
@@ -240,6 +247,9 @@ def _check(cfg: RunConfig) -> None:
     v = cfg.progress_interval_s
     if isinstance(v, bool) or not isinstance(v, int | float) or not 0.25 <= v < math.inf:
         raise ConfigError(f"run.progress_interval_s must be a number >= 0.25, got {v!r}")
+    wd = cfg.inner_weight_decay
+    if isinstance(wd, bool) or not isinstance(wd, int | float) or not 0 <= wd < math.inf:
+        raise ConfigError(f"optim.inner_weight_decay must be a number >= 0, got {wd!r}")
     for name in ("rounds", "inner_steps", "expected_peers", "group_size", "batch_size", "world"):
         if int(getattr(cfg, name)) < 1:
             raise ConfigError(f"{name} must be >= 1")

@@ -82,7 +82,7 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
         model = cfg.build_model()
         corpus = load_corpus(cfg)
         inner: torch.optim.Optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.inner_lr, weight_decay=0.1
+            model.parameters(), lr=cfg.inner_lr, weight_decay=cfg.inner_weight_decay
         )
         # [privacy] DP-SGD: Opacus wraps the optimizer and samples the batches (Poisson);
         # DiLoCo still gets the plain model (its params, names and hashes).
@@ -128,6 +128,9 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
         ckpt_dir = cfg.data_dir / "checkpoints"
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         final_hash = opt.save_checkpoint(ckpt_dir / f"round{opt.round}.safetensors")
+        # the model to use (the outer iterate), beside the state to resume from
+        model_file = ckpt_dir / f"model-round{opt.round}.safetensors"
+        readout_hash = opt.save_model(model_file)
         result = {
             "peer_id": str(node.peer_id),
             "first_round": first_round,
@@ -136,6 +139,8 @@ def run_training(cfg: RunConfig, health_listen: str | None = None) -> dict[str, 
             "final_model_hash": final_hash,
             "converged": converged,
             "checkpoint": str(ckpt_dir / f"round{opt.round}.safetensors"),
+            "model": str(model_file),
+            "model_hash": readout_hash,
             "history": [h.__dict__ for h in opt.history],
             "bytes_sent": node.transport.bytes_sent,
             "bytes_received": node.transport.bytes_received,
