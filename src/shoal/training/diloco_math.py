@@ -178,9 +178,10 @@ class OuterOptimizer:
         In this (torch's) form of Nesterov, ``params`` is the look-ahead point where the
         next pseudo-gradient is taken: p = x - lr * momentum * buf, where x follows
         heavy-ball momentum (x <- x - lr * buf). The look-ahead is there to train from;
-        x is the iterate. Read out after the last round, x held out 0.9% lower than p
-        (docs/BENCHMARKS.md, "The model a run ends with"). Peers that share ``params``
-        and ``buf`` compute the same bits. Without Nesterov momentum it is ``params``.
+        x is the iterate. Read out after the last round, x held out 0.5-3.6% lower than
+        p, more at larger outer lr (docs/BENCHMARKS.md, "The model a run ends with").
+        Peers that share ``params`` and ``buf`` compute the same bits. Without Nesterov
+        momentum it is ``params``.
         """
         buf = self.momentum_buffer
         if not self.nesterov or self.momentum == 0 or buf is None:
