@@ -641,14 +641,11 @@ class DiLoCo:
         (`OuterOptimizer.readout`), not the look-ahead point the peers train from. Every
         peer that shares the global state gets the same tensors. Training is unchanged:
         call it after the last round (and `flush` with overlap), to evaluate or export."""
-        flat = self.outer.readout(self.global_flat)
-        out: dict[str, torch.Tensor] = {}
-        offset = 0
-        for name, p in self.model.named_parameters():
-            if p.requires_grad:
-                out[name] = flat[offset : offset + p.numel()].view_as(p).clone()
-                offset += p.numel()
-        return out
+        named = {
+            n: torch.empty(p.shape) for n, p in self.model.named_parameters() if p.requires_grad
+        }
+        unflatten_into(self.outer.readout(self.global_flat), named.values())
+        return named
 
     def save_model(self, path: str | Path) -> str:
         """Write `readout` as safetensors (params only, no optimizer state): the file to
