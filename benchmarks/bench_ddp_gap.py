@@ -51,16 +51,22 @@ DEFAULTS: dict[str, Any] = {
 PRETRAIN_SEED = 12345  # the pretraining stream differs from every arm's
 
 
+def parse_options(rest: str, defaults: dict[str, Any], spec: str) -> dict[str, Any]:
+    """``key=value,...`` over ``defaults``, each value of its default's type."""
+    opts = dict(defaults)
+    for item in filter(None, rest.split(",")):
+        key, _, value = item.partition("=")
+        if key not in defaults:
+            raise SystemExit(f"unknown option {key!r} in {spec!r}")
+        opts[key] = type(defaults[key])(value)
+    return opts
+
+
 def parse_arm(spec: str) -> tuple[str, dict[str, Any]]:
     kind, _, rest = spec.partition(":")
     if kind not in ("ddp", "single", "diloco"):
         raise SystemExit(f"unknown arm {kind!r}")
-    opts = dict(DEFAULTS)
-    for item in filter(None, rest.split(",")):
-        key, _, value = item.partition("=")
-        if key not in DEFAULTS:
-            raise SystemExit(f"unknown option {key!r} in {spec!r}")
-        opts[key] = type(DEFAULTS[key])(value)
+    opts = parse_options(rest, DEFAULTS, spec)
     if opts["read"] not in ("iterate", "lookahead"):
         raise SystemExit(f"read must be 'iterate' or 'lookahead' in {spec!r}")
     return kind, opts

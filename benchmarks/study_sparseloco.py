@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from bench_ddp_gap import pretrained
+from bench_ddp_gap import parse_options, pretrained
 from shoal.training.data import stdlib_corpus
 from shoal.training.diloco_math import (
     OuterOptimizer,
@@ -119,12 +119,7 @@ def main() -> None:
     init, start = pretrained(args.pretrain, args.eval_batches)
     rows = []
     for spec in args.arms.split(";"):
-        o = dict(DEFAULTS)
-        for item in filter(None, spec.split(",")):
-            key, _, value = item.partition("=")
-            if key not in DEFAULTS:
-                raise SystemExit(f"unknown option {key!r} in {spec!r}")
-            o[key] = type(DEFAULTS[key])(value)
+        o = parse_options(spec, DEFAULTS, spec)
         if args.steps % o["H"]:
             raise SystemExit(f"{spec}: H={o['H']} does not divide --steps {args.steps}")
         t0 = time.monotonic()
